@@ -1,0 +1,189 @@
+"""Heatmaps to landmark coordinates: argmax, quadratic sub-pixel refinement, local and global soft-argmax.
+
+Every function takes heatmaps ``(B, K, *spatial)`` (2D or 3D spatial dims) and returns coordinates
+``(B, K, ndim)`` in the index order of the spatial dims, pixel centres at integers: for a MONAI
+``(C, W, H)`` image a peak at ``heatmaps[b, k, i, j]`` decodes to ``(x, y) = (i, j)``
+(see :mod:`monai_ext` for the coordinate convention).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["DECODING_METHODS", "SoftArgmax", "decode_heatmaps", "soft_argmax"]
+
+DECODING_METHODS = ("argmax", "quadratic", "local_soft_argmax", "soft_argmax")
+
+
+def _check_heatmaps(heatmaps: torch.Tensor) -> None:
+    if not isinstance(heatmaps, torch.Tensor):
+        raise TypeError(f"heatmaps must be a torch.Tensor (B, K, *spatial), got {type(heatmaps).__name__}.")
+    if heatmaps.ndim not in (4, 5):
+        raise ValueError(f"heatmaps must be (B, K, *spatial) with 2 or 3 spatial dims, got shape {tuple(heatmaps.shape)}.")
+    if any(s == 0 for s in heatmaps.shape):
+        raise ValueError(f"heatmaps must not be empty, got shape {tuple(heatmaps.shape)}.")
+
+
+def _strides(spatial: tuple[int, ...]) -> list[int]:
+    """Row-major strides of a flattened array of shape ``spatial``."""
+    strides = [1] * len(spatial)
+    for d in range(len(spatial) - 2, -1, -1):
+        strides[d] = strides[d + 1] * spatial[d + 1]
+    return strides
+
+
+def _argmax(flat: torch.Tensor, spatial: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integer peak of ``flat`` ``(B, K, N)``: (flat index (B, K), integer coords (B, K, ndim), peak value (B, K))."""
+    value, index = flat.max(dim=-1)
+    coords = torch.stack(torch.unravel_index(index, spatial), dim=-1)
+    return index, coords, value
+
+
+def _quadratic_offsets(
+    flat: torch.Tensor, index: torch.Tensor, peak: torch.Tensor, spatial: tuple[int, ...]
+) -> torch.Tensor:
+    """Per-axis parabola vertex through three samples along each axis, as an offset ``(B, K, ndim)`` from the peak.
+
+    The samples are the peak and its two neighbours; at a border the triple is shifted one pixel inside (a
+    one-sided fit). The parabola is fitted to ``log(heatmap)`` when the three samples are positive (exact
+    for Gaussian peaks, as in DARK, Zhang et al. 2020) and to the raw values otherwise. A triple that is not
+    strictly concave (a flat top of three equal values) gives offset 0, and the offset is clamped to
+    [-0.5, 0.5] (it stays inside the argmax pixel). Axes shorter than 3 pixels are not refined.
+    """
+    offsets = torch.zeros(peak.shape, dtype=flat.dtype, device=flat.device)
+    for d, (size, stride) in enumerate(zip(spatial, _strides(spatial))):
+        if size < 3:
+            continue
+        p = peak[..., d]
+        centre = p.clamp(1, size - 2)
+        mid_index = index + (centre - p) * stride
+        samples = torch.stack([flat.gather(-1, (mid_index + s * stride).unsqueeze(-1)).squeeze(-1) for s in (-1, 0, 1)])
+        positive = (samples > 0).all(dim=0)
+        samples = torch.where(positive, samples.clamp(min=torch.finfo(flat.dtype).tiny).log(), samples)
+        left, mid, right = samples
+        denom = left - 2 * mid + right
+        concave = denom < 0
+        safe = torch.where(concave, denom, -torch.ones_like(denom))
+        vertex = (centre - p).to(flat.dtype) + 0.5 * (left - right) / safe
+        offsets[..., d] = torch.where(concave, vertex, torch.zeros_like(vertex)).clamp(-0.5, 0.5)
+    return offsets
+
+
+def _local_soft_argmax_offsets(
+    flat: torch.Tensor, index: torch.Tensor, peak: torch.Tensor, spatial: tuple[int, ...], window: int
+) -> torch.Tensor:
+    """Centroid of the heatmap in a ``window**ndim`` cube centred on the integer peak, as an offset ``(B, K, ndim)``.
+
+    The cube stays symmetric around the peak: its half-width shrinks per axis near a border (so an axis whose
+    peak lies on the border pixel is not refined). Per axis, the cube is summed over the other axes into a
+    profile; the weights are that profile minus its minimum, clipped at 0 (subtracting the floor removes most
+    of the pull towards the cube centre that the truncated tails of a peak cause). No positive weight gives 0.
+    """
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd number of pixels, got {window}.")
+    half = window // 2
+    ndim = len(spatial)
+    device = flat.device
+    steps = torch.arange(-half, half + 1, device=device)
+    grid = torch.stack(torch.meshgrid(*([steps] * ndim), indexing="ij"), dim=-1).reshape(-1, ndim)  # (W, ndim)
+    sizes = torch.tensor(spatial, device=device)
+    reach = torch.minimum(torch.minimum(peak, sizes - 1 - peak), torch.full_like(peak, half))  # (B, K, ndim)
+    inside = (grid.abs() <= reach.unsqueeze(-2)).all(dim=-1)  # (B, K, W)
+    positions = torch.minimum((peak.unsqueeze(-2) + grid).clamp(min=0), sizes - 1)  # (B, K, W, ndim)
+    values = flat.gather(-1, (positions * torch.tensor(_strides(spatial), device=device)).sum(-1))
+    values = torch.where(inside, values, torch.zeros_like(values)).reshape(*values.shape[:-1], *([window] * ndim))
+    offsets = []
+    for d in range(ndim):
+        other = [2 + a for a in range(ndim) if a != d]
+        profile = values.sum(dim=other) if other else values  # (B, K, window)
+        valid = steps.abs() <= reach[..., d : d + 1]
+        floor = torch.where(valid, profile, torch.full_like(profile, float("inf"))).amin(dim=-1, keepdim=True)
+        weights = torch.where(valid, (profile - floor).clamp(min=0), torch.zeros_like(profile))
+        total = weights.sum(-1)
+        centroid = (weights * steps.to(flat.dtype)).sum(-1) / total.clamp(min=torch.finfo(flat.dtype).tiny)
+        offsets.append(torch.where(total > 0, centroid, torch.zeros_like(centroid)))
+    return torch.stack(offsets, dim=-1)
+
+
+def soft_argmax(heatmaps: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """Differentiable global soft-argmax: the expected position under ``softmax(beta * heatmap)`` over all pixels.
+
+    As in KNEEL (Tiulpin et al., 2019), ``beta`` is an inverse temperature applied to the raw network output
+    before the softmax. It suits networks trained through it; on heatmaps already in [0, 1] every background
+    pixel keeps weight ``exp(0)``, which pulls the result towards the image centre unless ``beta`` is large.
+
+    Args:
+        heatmaps: ``(B, K, *spatial)``, 2 or 3 spatial dims.
+        beta: inverse temperature of the softmax.
+
+    Returns:
+        coordinates ``(B, K, ndim)`` in pixels (index order of the spatial dims), differentiable w.r.t. ``heatmaps``.
+    """
+    _check_heatmaps(heatmaps)
+    if not heatmaps.is_floating_point():
+        heatmaps = heatmaps.float()
+    b, k, *spatial = heatmaps.shape
+    probs = torch.softmax(beta * heatmaps.reshape(b, k, -1), dim=-1).reshape(heatmaps.shape)
+    coords = []
+    for d, size in enumerate(spatial):
+        other = [2 + a for a in range(len(spatial)) if a != d]
+        marginal = probs.sum(dim=other) if other else probs  # (B, K, size)
+        positions = torch.arange(size, dtype=heatmaps.dtype, device=heatmaps.device)
+        coords.append((marginal * positions).sum(-1))
+    return torch.stack(coords, dim=-1)
+
+
+class SoftArgmax(nn.Module):
+    """Network head: heatmaps ``(B, K, *spatial)`` to coordinates ``(B, K, ndim)`` with :func:`soft_argmax`."""
+
+    def __init__(self, beta: float = 1.0) -> None:
+        super().__init__()
+        self.beta = float(beta)
+
+    def forward(self, heatmaps: torch.Tensor) -> torch.Tensor:
+        return soft_argmax(heatmaps, self.beta)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}"
+
+
+def decode_heatmaps(
+    heatmaps: torch.Tensor, method: str = "quadratic", window: int = 5, beta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode landmark heatmaps into coordinates and confidences.
+
+    Args:
+        heatmaps: ``(B, K, *spatial)`` with 2 or 3 spatial dims.
+        method: ``"argmax"`` (integer peak), ``"quadratic"`` (argmax refined per axis by a parabola through the
+            peak and its two neighbours, fitted to ``log(heatmap)`` where positive; within +-0.5 px),
+            ``"local_soft_argmax"`` (argmax refined per axis by the centroid of a ``window``-wide cube around it,
+            weights = heatmap profile minus its minimum in the cube, clipped at 0; no softmax, ``beta`` unused) or
+            ``"soft_argmax"`` (global and differentiable, :func:`soft_argmax` with ``beta``).
+        window: odd cube width in pixels for ``"local_soft_argmax"``. The default 5 is within 0.1 px on Gaussian
+            peaks of sigma up to about 4 px; near a border the cube shrinks to stay symmetric.
+        beta: inverse temperature for ``"soft_argmax"``.
+
+    Returns:
+        ``(coords, confidence)``: coords ``(B, K, ndim)`` in pixels, index order of the spatial dims (``(x, y)``
+        for MONAI ``(C, W, H)`` images), pixel centres at integers; confidence ``(B, K)`` is the heatmap value at
+        the integer peak.
+    """
+    _check_heatmaps(heatmaps)
+    if method not in DECODING_METHODS:
+        raise ValueError(f"unknown decoding method {method!r}, expected one of {DECODING_METHODS}.")
+    if not heatmaps.is_floating_point():
+        heatmaps = heatmaps.float()
+    b, k, *spatial_list = heatmaps.shape
+    spatial = tuple(spatial_list)
+    flat = heatmaps.reshape(b, k, -1)
+    with torch.no_grad():
+        index, peak, confidence = _argmax(flat.detach(), spatial)
+    if method == "soft_argmax":
+        return soft_argmax(heatmaps, beta), confidence
+    coords = peak.to(heatmaps.dtype)
+    if method == "quadratic":
+        coords = coords + _quadratic_offsets(flat, index, peak, spatial)
+    elif method == "local_soft_argmax":
+        coords = coords + _local_soft_argmax_offsets(flat, index, peak, spatial, window)
+    return coords, confidence

@@ -1,0 +1,3 @@
+"""Workflow pieces: batch preparation (and the adversarial trainer)."""
+
+from monai_ext.engines.prepare_batch import PrepareLandmarkBatch

@@ -1,0 +1,3 @@
+"""Ignite/MONAI handlers of the landmark workflows."""
+
+from monai_ext.handlers.nan_guard import StopOnNonFiniteLoss, loss_from_output

@@ -1,0 +1,3 @@
+"""Losses: heatmap regression (masked), learnable-sigma heatmaps."""
+
+from monai_ext.losses.heatmap import HeatmapMSELoss, LearnableSigmaHeatmapLoss, gaussian_heatmaps

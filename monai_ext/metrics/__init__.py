@@ -1,0 +1,12 @@
+"""Landmark errors in px/mm: functions, a MONAI cumulative metric and ignite metrics for bundle configs."""
+
+from monai_ext.metrics.cumulative import LandmarkDistanceMetric
+from monai_ext.metrics.distances import radial_errors, reference_distance_spacing, summarize_errors
+from monai_ext.metrics.ignite import (
+    PCK,
+    LandmarkMetric,
+    MeanRadialError,
+    SuccessfulDetectionRate,
+    landmark_output_transform,
+    lower_is_better,
+)

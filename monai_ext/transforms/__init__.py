@@ -1,0 +1,26 @@
+"""Landmark transforms, MONAI style: array versions in ``array``, dictionary versions in ``dictionary``."""
+
+from monai_ext.transforms.array import (
+    FitToShape,
+    GenerateLandmarkHeatmap,
+    LandmarkFlip,
+    LandmarksOutsideToNaN,
+    MatchHistogram,
+    RandLandmarkElastic,
+    move_points,
+    outside_to_nan,
+    points_to_mm,
+    points_to_original,
+)
+from monai_ext.transforms.dictionary import (
+    ApplyWithLandmarksd,
+    DecodeHeatmapd,
+    EnsureLandmarksd,
+    FitToShaped,
+    GenerateLandmarkHeatmapd,
+    LandmarksOutsideToNaNd,
+    LandmarksToOriginald,
+    MatchHistogramd,
+    RandLandmarkElasticd,
+    RandLandmarkFlipd,
+)

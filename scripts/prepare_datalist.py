@@ -1,0 +1,475 @@
+"""Build a landmark datalist (see :mod:`monai_ext.data.datalist`) from the shared datasets or your own files.
+
+Examples::
+
+    # the real datasets of ../shared/data (images are referenced, never copied)
+    python scripts/prepare_datalist.py shared --dataset hand_xray      # -> data/hand_xray/datalist.json
+    python scripts/prepare_datalist.py shared --dataset spine_aasce    # -> data/spine_aasce/datalist.json
+    # a folder of DICOMs and a CSV (image,x0,y0,x1,y1,...) or JSON ({image: [[x, y], ...]}) of points
+    python scripts/prepare_datalist.py dicom_folder --folder my/dicoms --points my/points.csv --out data/mine/datalist.json
+    # a folder of images to run inference on (a "test" section, no landmarks)
+    python scripts/prepare_datalist.py images_folder --folder my/images --out data/infer/datalist.json
+
+Image paths in the datalist are relative to the datalist's folder. Points are ``(x, y)`` pixels of the
+original image (x = column, y = row, pixel centres at integers); a missing point is an empty cell (both
+coordinates) in CSV and ``null`` in JSON. Every bad input row is reported at once, with its line, file
+and reason (:class:`~monai_ext.errors.DatalistValidationError`); the datalist is validated with
+:func:`~monai_ext.data.datalist.validate_datalist` before it replaces ``out``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import fire
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from monai_ext.data.datalist import validate_datalist, write_datalist  # noqa: E402
+from monai_ext.data.readers import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES  # noqa: E402
+from monai_ext.errors import DatalistValidationError, LandmarkDataError  # noqa: E402
+from monai_ext.metrics.distances import reference_distance_spacing  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+VERTEBRAE = tuple(f"T{i}" for i in range(1, 13)) + tuple(f"L{i}" for i in range(1, 6))
+SPINE_CORNERS = ("TL", "TR", "BL", "BR")  # AASCE order: top-left, top-right, bottom-left, bottom-right
+SPINE_LANDMARKS = tuple(f"{v}_{c}" for v in VERTEBRAE for c in SPINE_CORNERS)
+SPINE_FLIP_PAIRS = tuple((4 * v + a, 4 * v + b) for v in range(len(VERTEBRAE)) for a, b in ((0, 1), (2, 3)))
+COBB_COLUMNS = ("cobb_main", "cobb_upper", "cobb_lower")
+HAND_LANDMARKS = tuple(f"L{i}" for i in range(37))  # Payer et al. 2019 numbering; the data gives no names
+HAND_REFERENCE = {"landmarks": [1, 5], "distance_mm": 50.0}
+
+#: per shared dataset: landmark names, flip pairs, extra CSV columns, default validation size, description.
+SHARED = {
+    "hand_xray": {
+        "landmarks": HAND_LANDMARKS,
+        # a flipped left hand is a right hand with the same labels: flipping permutes no landmark
+        "flip_pairs": (),
+        "extra_columns": (),
+        "n_val": 21,
+        "description": "Digital Hand Atlas subset (37 landmarks, Payer et al. 2019); spacing from the 50 mm "
+        "wrist width between landmarks 1 and 5.",
+    },
+    "spine_aasce": {
+        "landmarks": SPINE_LANDMARKS,
+        "flip_pairs": SPINE_FLIP_PAIRS,
+        "extra_columns": COBB_COLUMNS,
+        "n_val": 96,
+        "description": "AASCE 2019 training part: 4 corners of T1..L5 (68 landmarks), Cobb angles in 'cobb' "
+        "[main, upper, lower] degrees; no pixel spacing (errors in pixels).",
+    },
+}
+
+IMAGE_SUFFIXES = DICOM_SUFFIXES + NIFTI_SUFFIXES + PIL_SUFFIXES
+
+
+# ----------------------------------------------------------------------------------------------
+# point files
+# ----------------------------------------------------------------------------------------------
+
+
+def _resolve(image: str, folder: Path) -> Path:
+    return Path(image) if os.path.isabs(image) else folder / image
+
+
+def _point(x: Any, y: Any) -> tuple[float, float] | str:
+    """Parse one ``(x, y)``; empty/None/NaN for both → missing (NaN). Returns the reason when bad."""
+
+    def value(v: Any) -> float | None:
+        if v is None or (isinstance(v, str) and v.strip() == ""):
+            return math.nan
+        if isinstance(v, bool):
+            return None
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return None
+
+    fx, fy = value(x), value(y)
+    if fx is None or fy is None:
+        return f"non-numeric coordinate ({x!r}, {y!r})"
+    if math.isinf(fx) or math.isinf(fy):
+        return f"infinite coordinate ({x!r}, {y!r})"
+    if math.isnan(fx) != math.isnan(fy):
+        return f"only one coordinate given ({x!r}, {y!r}); a missing point leaves both empty"
+    return (fx, fy)
+
+
+def _check_image(image: str, folder: Path, seen: dict[str, str], where: str, problems: list[str]) -> None:
+    path = _resolve(image, folder)
+    if not image:
+        problems.append(f"{where}: empty image path")
+        return
+    if not path.is_file():
+        problems.append(f"{where} {image}: image file does not exist ({path})")
+    key = str(path.resolve())
+    if key in seen:
+        problems.append(f"{where} {image}: image listed twice (also {seen[key]})")
+    else:
+        seen[key] = where
+
+
+def read_points_csv(
+    path: str | os.PathLike,
+    folder: str | os.PathLike,
+    num_landmarks: int | None = None,
+    extra_columns: Sequence[str] = (),
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
+    """Read a wide CSV ``image,x0,y0,...,x{K-1},y{K-1}[,extra...]`` (header optional).
+
+    ``image`` is relative to ``folder`` (or absolute). ``extra_columns`` (e.g. Cobb angles) are read as
+    numbers by name and need a header. Without a header every row is ``image`` then ``2K`` coordinates.
+
+    Returns:
+        rows ``{"image": str, "landmarks": float64 (K, 2) (NaN = missing), "extra": [float, ...]}``.
+
+    Raises:
+        DatalistValidationError: listing every bad line (wrong coordinate count, non-numeric value,
+            duplicated or missing image).
+    """
+    path, folder = Path(path), Path(folder)
+    if not path.is_file():
+        raise LandmarkDataError(f"{path}: points file does not exist")
+    with open(path, newline="") as f:
+        lines = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
+    if not lines:
+        raise LandmarkDataError(f"{path}: empty points file")
+    header = [c.strip() for c in lines[0][1]]
+    has_header = header[0].lower() == "image"
+    if has_header:
+        lines = lines[1:]
+        missing = [c for c in extra_columns if c not in header]
+        if missing:
+            raise LandmarkDataError(f"{path}: header has no column(s) {missing} (header: {header[:4]}...)")
+        extra_idx = [header.index(c) for c in extra_columns]
+        coord_idx = [i for i in range(1, len(header)) if i not in extra_idx]
+        if len(coord_idx) % 2:
+            raise LandmarkDataError(f"{path}: odd number of coordinate columns ({len(coord_idx)}) in the header")
+        if num_landmarks is not None and len(coord_idx) != 2 * num_landmarks:
+            raise LandmarkDataError(
+                f"{path}: header has {len(coord_idx) // 2} points (x, y column pairs), expected {num_landmarks}"
+            )
+        width = len(header)
+    else:
+        if extra_columns:
+            raise LandmarkDataError(f"{path}: no header line (image,x0,y0,...), needed for {list(extra_columns)}")
+        extra_idx = []
+        if num_landmarks is None:  # the most common row length decides
+            lengths = [len(row) for _, row in lines]
+            width = max(set(lengths), key=lengths.count)
+            if (width - 1) % 2:
+                raise LandmarkDataError(f"{path}: rows have {width - 1} coordinate values, not x, y pairs")
+        else:
+            width = 1 + 2 * num_landmarks
+        coord_idx = list(range(1, width))
+    n_coords = len(coord_idx)
+
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    rows = []
+    for line, row in lines:
+        image = row[0].strip()
+        where = f"line {line}"
+        if len(row) != width:
+            problems.append(
+                f"{where} {image}: {len(row) - 1 - len(extra_idx)} coordinate values, expected {n_coords} "
+                f"({n_coords // 2} points)"
+            )
+            continue
+        if check_files:
+            _check_image(image, folder, seen, where, problems)
+        points, bad = [], []
+        for k in range(n_coords // 2):
+            p = _point(row[coord_idx[2 * k]], row[coord_idx[2 * k + 1]])
+            (bad.append(f"point {k}: {p}") if isinstance(p, str) else points.append(p))
+        extra = []
+        for name, i in zip(extra_columns, extra_idx):
+            try:
+                extra.append(float(row[i]))
+            except ValueError:
+                bad.append(f"{name}: non-numeric value {row[i]!r}")
+        if bad:
+            problems.append(f"{where} {image}: " + "; ".join(bad))
+            continue
+        rows.append({"image": image, "landmarks": np.asarray(points, dtype=np.float64).reshape(-1, 2), "extra": extra})
+    if problems:
+        raise DatalistValidationError(str(path), problems)
+    if not rows:
+        raise LandmarkDataError(f"{path}: no data rows")
+    return rows
+
+
+def read_points_json(
+    path: str | os.PathLike, folder: str | os.PathLike, num_landmarks: int | None = None, check_files: bool = True
+) -> list[dict[str, Any]]:
+    """Read ``{"image": [[x, y] | null, ...], ...}`` (images relative to ``folder``); same rows and errors
+    as :func:`read_points_csv`. Without ``num_landmarks`` the most common point count is expected."""
+    path, folder = Path(path), Path(folder)
+    if not path.is_file():
+        raise LandmarkDataError(f"{path}: points file does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise LandmarkDataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+    if not isinstance(data, dict) or not data:
+        raise LandmarkDataError(f"{path}: expected a non-empty object {{image: [[x, y], ...]}}")
+    if num_landmarks is None:
+        counts = [len(v) for v in data.values() if isinstance(v, list)]
+        num_landmarks = max(set(counts), key=counts.count) if counts else 0
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    rows = []
+    for image, pts in data.items():
+        where = "entry"
+        if not isinstance(pts, list):
+            problems.append(f"{where} {image}: expected a list of [x, y] points, got {type(pts).__name__}")
+            continue
+        if len(pts) != num_landmarks:
+            problems.append(f"{where} {image}: {len(pts)} points, expected {num_landmarks}")
+            continue
+        if check_files:
+            _check_image(image, folder, seen, where, problems)
+        points, bad = [], []
+        for k, p in enumerate(pts):
+            if p is None:
+                points.append((math.nan, math.nan))
+                continue
+            if not isinstance(p, list) or len(p) != 2:
+                bad.append(f"point {k}: not [x, y]: {p!r}")
+                continue
+            q = _point(*p)
+            (bad.append(f"point {k}: {q}") if isinstance(q, str) else points.append(q))
+        if bad:
+            problems.append(f"{where} {image}: " + "; ".join(bad))
+            continue
+        rows.append({"image": image, "landmarks": np.asarray(points, dtype=np.float64).reshape(-1, 2), "extra": []})
+    if problems:
+        raise DatalistValidationError(str(path), problems)
+    return rows
+
+
+def read_points(path: str | os.PathLike, folder: str | os.PathLike, num_landmarks: int | None = None) -> list[dict]:
+    """:func:`read_points_json` for ``.json`` files, else :func:`read_points_csv`."""
+    if str(path).lower().endswith(".json"):
+        return read_points_json(path, folder, num_landmarks)
+    return read_points_csv(path, folder, num_landmarks)
+
+
+# ----------------------------------------------------------------------------------------------
+# splitting and writing
+# ----------------------------------------------------------------------------------------------
+
+
+def split_indices(n: int, n_val: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Seeded split of ``range(n)`` into sorted training and validation indices (``n_val`` of them)."""
+    if not 0 <= n_val <= n:
+        raise ValueError(f"n_val must be in 0..{n}, got {n_val}")
+    val = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+    return [i for i in range(n) if i not in val], sorted(val)
+
+
+def _n_val(n: int, val_fraction: float | None, n_val: int | None, default: int | None = None) -> int:
+    if n_val is not None:
+        return int(n_val)
+    if val_fraction is None:
+        return int(default) if default is not None else 0
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    k = int(round(float(val_fraction) * n))
+    return min(max(k, 1 if val_fraction > 0 and n > 1 else 0), max(n - 1, 0))
+
+
+def _relpath(image: Path, out: Path) -> str:
+    return Path(os.path.relpath(image.resolve(), out.parent.resolve())).as_posix()
+
+
+def _publish(datalist: dict[str, Any], out: Path, landmark_names: Sequence[str] | None) -> Path:
+    """Write next to ``out``, validate, then rename onto ``out`` (an invalid datalist never replaces it)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".json", dir=out.parent)
+    os.close(fd)
+    try:
+        write_datalist(tmp, datalist)
+        validate_datalist(tmp, landmark_names)
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return out
+
+
+def _entries(rows: Sequence[dict], folder: Path, out: Path) -> list[dict[str, Any]]:
+    return [{"image": _relpath(_resolve(r["image"], folder), out), "landmarks": r["landmarks"]} for r in rows]
+
+
+def _parse_names(landmarks: Sequence[str] | str | None) -> list[str] | None:
+    """Names from a list or a comma-separated string (fire passes either); None stays None."""
+    if landmarks is None:
+        return None
+    if isinstance(landmarks, str):
+        return [n.strip() for n in landmarks.split(",") if n.strip()]
+    return [str(n) for n in landmarks]
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------------------------
+
+
+def shared(
+    dataset: str = "hand_xray",
+    data_root: str | None = None,
+    out: str | None = None,
+    val_fraction: float | None = None,
+    n_val: int | None = None,
+    seed: int = 0,
+) -> str:
+    """Datalist of a shared dataset (``hand_xray`` or ``spine_aasce``) with a seeded train/validation split.
+
+    Args:
+        dataset: folder name under ``data_root``.
+        data_root: the shared data folder (default: ``../shared/data`` next to the repository).
+        out: datalist path (default ``data/<dataset>/datalist.json`` in the repository, git-ignored).
+        val_fraction / n_val: validation size (default: 21 images for hand_xray, 96 for spine_aasce).
+        seed: split seed (the same seed gives every bundle the same split).
+
+    hand_xray: names ``L0..L36``, ``spacing_mode`` ``reference_distance`` with each entry's spacing
+    ``[s, s]``, ``s = 50 / |g1 - g5|`` mm/pixel. spine_aasce: names ``T1_TL..L5_BR``, flip pairs swap the
+    left and right corners of each vertebra, ``spacing_mode`` ``pixel``, ``cobb`` ``[main, upper, lower]``.
+
+    Returns:
+        the datalist path.
+    """
+    if dataset not in SHARED:
+        raise ValueError(f"dataset must be one of {sorted(SHARED)}, got {dataset!r}")
+    spec = SHARED[dataset]
+    folder = Path(data_root) / dataset if data_root is not None else SHARED_DATA / dataset
+    csv_path = folder / "landmarks.csv"
+    if not csv_path.is_file():
+        raise LandmarkDataError(f"{csv_path}: shared dataset not found (expected ../shared/data/{dataset}/)")
+    out_path = Path(out) if out is not None else REPO / "data" / dataset / "datalist.json"
+    names = list(spec["landmarks"])
+    rows = read_points_csv(csv_path, folder, len(names), spec["extra_columns"])
+    entries = _entries(rows, folder, out_path)
+    problems = []
+    for row, entry in zip(rows, entries):
+        if dataset == "hand_xray":
+            i, j = HAND_REFERENCE["landmarks"]
+            try:
+                s = reference_distance_spacing(row["landmarks"], i, j, HAND_REFERENCE["distance_mm"], row["image"])
+                entry["spacing"] = [s, s]
+            except LandmarkDataError as e:
+                problems.append(str(e))
+        if spec["extra_columns"]:
+            entry["cobb"] = [float(v) for v in row["extra"]]
+    if problems:
+        raise DatalistValidationError(str(csv_path), problems)
+    train, val = split_indices(len(entries), _n_val(len(entries), val_fraction, n_val, spec["n_val"]), seed)
+    datalist: dict[str, Any] = {
+        "name": dataset,
+        "description": spec["description"],
+        "landmarks": names,
+        "flip_pairs": [list(p) for p in spec["flip_pairs"]],
+        "spacing_mode": "reference_distance" if dataset == "hand_xray" else "pixel",
+    }
+    if dataset == "hand_xray":
+        datalist["reference"] = dict(HAND_REFERENCE)
+    datalist.update(split_seed=seed, training=[entries[i] for i in train], validation=[entries[i] for i in val])
+    return str(_publish(datalist, out_path, names))
+
+
+def dicom_folder(
+    folder: str,
+    points: str,
+    out: str,
+    landmarks: Sequence[str] | str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    flip_pairs: Sequence[Sequence[int]] = (),
+) -> str:
+    """Datalist of a folder of DICOMs annotated in ``points``, spacing from the DICOM tags (``"image"``).
+
+    Args:
+        folder: image folder; the image paths in ``points`` are relative to it.
+        points: CSV ``image,x0,y0,...`` (header optional, empty cells = missing point) or JSON
+            ``{image: [[x, y] | null, ...]}``.
+        out: datalist path.
+        landmarks: landmark names (list or comma-separated); default ``L0..L{K-1}``.
+        val_fraction: fraction of the images put in ``validation`` (seeded by ``seed``).
+        flip_pairs: left/right landmark index pairs, if any.
+
+    Returns:
+        the datalist path.
+    """
+    folder_path, out_path = Path(folder), Path(out)
+    if not folder_path.is_dir():
+        raise LandmarkDataError(f"{folder_path}: image folder does not exist")
+    names = _parse_names(landmarks)
+    rows = read_points(points, folder_path, None if names is None else len(names))
+    names = names or [f"L{i}" for i in range(rows[0]["landmarks"].shape[0])]
+    entries = _entries(rows, folder_path, out_path)
+    train, val = split_indices(len(entries), _n_val(len(entries), val_fraction, None), seed)
+    datalist = {
+        "name": folder_path.resolve().name,
+        "landmarks": names,
+        "flip_pairs": [[int(i), int(j)] for i, j in flip_pairs],
+        "spacing_mode": "image",
+        "split_seed": seed,
+        "training": [entries[i] for i in train],
+        "validation": [entries[i] for i in val],
+    }
+    return str(_publish(datalist, out_path, names))
+
+
+def _is_dicom(path: Path) -> bool:
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        head = f.read(132)
+        return len(head) == 132 and head[128:] == b"DICM"
+    return False
+
+
+def images_folder(folder: str, out: str, pattern: str = "*") -> str:
+    """Datalist with a ``test`` section listing every image in ``folder`` matching ``pattern`` (inference only).
+
+    Images are DICOM, NIfTI, PNG, JPEG, TIFF or BMP by suffix, or DICOM files without a suffix
+    (recognised by their ``DICM`` preamble); ``pattern`` may recurse (``"**/*"``). Other files are skipped.
+
+    Returns:
+        the datalist path.
+    """
+    folder_path, out_path = Path(folder), Path(out)
+    if not folder_path.is_dir():
+        raise LandmarkDataError(f"{folder_path}: image folder does not exist")
+    found = []
+    for p in sorted(folder_path.glob(pattern)):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        name = p.name.lower()
+        suffix = ".nii.gz" if name.endswith(".nii.gz") else p.suffix.lower()
+        if suffix in IMAGE_SUFFIXES or (suffix == "" and _is_dicom(p)):
+            found.append(p)
+    if not found:
+        raise LandmarkDataError(f"{folder_path}: no images matching {pattern!r} (suffixes {', '.join(IMAGE_SUFFIXES)})")
+    datalist = {
+        "name": folder_path.resolve().name,
+        "spacing_mode": "image",
+        "test": [{"image": _relpath(p, out_path)} for p in found],
+    }
+    return str(_publish(datalist, out_path, None))
+
+
+if __name__ == "__main__":
+    fire.Fire({"shared": shared, "dicom_folder": dicom_folder, "images_folder": images_folder})
