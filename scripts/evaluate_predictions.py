@@ -67,15 +67,28 @@ def _jsonable(value: Any) -> Any:
 
 
 def _choose_spacing_mode(mode: str, gt_mode: str | None, gt_has: bool, pred_has: bool) -> str:
+    """``auto``: pixel datalists stay in pixels; else the datalist's spacing when every image has one; else
+    the reference distance when the datalist uses it; else the spacing recorded with every prediction; else pixels."""
     if mode != "auto":
         return mode
-    if gt_mode in ("reference_distance", "pixel"):
-        return gt_mode
+    if gt_mode == "pixel":
+        return "pixel"
     if gt_has:
         return "datalist"
-    if pred_has:
-        return "image"
-    return "pixel"
+    if gt_mode == "reference_distance":
+        return "reference_distance"
+    return "image" if pred_has else "pixel"
+
+
+def _reference(reference: Any, distance_mm: float | None, datalist_reference: dict | None) -> tuple[int, int, float]:
+    """``(i, j, distance_mm)`` from the command line, else from the datalist's ``reference``."""
+    if reference is None and datalist_reference is not None:
+        reference = datalist_reference.get("landmarks")
+        distance_mm = distance_mm if distance_mm is not None else datalist_reference.get("distance_mm")
+    if reference is None:
+        raise ValueError("spacing_mode 'reference_distance' needs --reference i,j (and --distance_mm).")
+    i, j = _int_pair(reference)
+    return i, j, float(distance_mm if distance_mm is not None else 50.0)
 
 
 def evaluate_predictions(
@@ -84,7 +97,7 @@ def evaluate_predictions(
     section: str = "validation",
     spacing_mode: str = "auto",
     reference: Any = None,
-    distance_mm: float = 50.0,
+    distance_mm: float | None = None,
     out_dir: str | None = None,
     radii: Any = DEFAULT_RADII,
     outlier_radius: float = 10.0,
@@ -99,11 +112,12 @@ def evaluate_predictions(
         section: datalist section to evaluate against (ignored for a CSV).
         spacing_mode: how pixels become mm: ``"datalist"`` (per-image ``spacing`` of the ground truth),
             ``"image"`` (the spacing the prediction file records, read from the image by inference),
-            ``"reference_distance"`` (landmarks ``reference`` are ``distance_mm`` apart), ``"pixel"`` (errors
-            in pixels) or ``"auto"``: the datalist's own ``spacing_mode`` when it is reference_distance or pixel,
-            else the first of datalist / image spacing available for every image, else pixels.
-        reference: the two reference landmark indices ``i,j`` for ``"reference_distance"``.
-        distance_mm: their physical distance.
+            ``"reference_distance"`` (landmarks ``reference`` are ``distance_mm`` apart in every image),
+            ``"pixel"`` (errors in pixels) or ``"auto"``: pixels for a ``pixel`` datalist, else the datalist's
+            spacing when every image has one, else the reference distance for a ``reference_distance``
+            datalist, else the prediction file's spacing when every image has one, else pixels.
+        reference: the two reference landmark indices ``i,j`` (default: the datalist's ``reference``).
+        distance_mm: their physical distance (default: the datalist's, else 50).
         out_dir: folder for summary.json, per_landmark.csv and errors.csv.
         radii: SDR/PCK radii, in mm (or px when errors are in pixels).
         outlier_radius: errors above it are outliers.
@@ -122,7 +136,9 @@ def evaluate_predictions(
     )
     if not pairs and not (missing == "fail" and unmatched_gt):
         raise LandmarkDataError(f"{pred}: no prediction matches an image of {gt} (section {section!r}).")
-    evaluated: list[tuple[str | None, str]] = list(pairs) + ([(None, g) for g in unmatched_gt] if missing == "fail" else [])
+    evaluated: list[tuple[str | None, str]] = list(pairs)
+    if missing == "fail":
+        evaluated += [(None, g) for g in unmatched_gt]
 
     mode = _choose_spacing_mode(
         spacing_mode,
@@ -130,8 +146,7 @@ def evaluate_predictions(
         all(g in truth.spacing for _, g in evaluated),
         all(p in preds.spacing for p, _ in evaluated if p is not None) and any(p is not None for p, _ in evaluated),
     )
-    if mode == "reference_distance" and reference is None:
-        raise ValueError("spacing_mode 'reference_distance' needs --reference i,j (and --distance_mm).")
+    ref = _reference(reference, distance_mm, truth.reference) if mode == "reference_distance" else None
 
     gt_points, pred_points, spacings = [], [], []
     for p, g in evaluated:
@@ -141,7 +156,7 @@ def evaluate_predictions(
             if np.isnan(p_pts).all():  # a failed image recorded with a different landmark count
                 p_pts = np.full_like(g_pts, np.nan)
             else:
-                raise LandmarkDataError(f"{pred}: image {p!r} has {len(p_pts)} landmarks, the ground truth {len(g_pts)}.")
+                raise LandmarkDataError(f"{pred}: image {p!r} has {len(p_pts)} landmarks, ground truth {len(g_pts)}.")
         if mode == "datalist":
             if g not in truth.spacing:
                 raise LandmarkDataError(f"{gt}: image {g!r} has no spacing (spacing_mode 'datalist').")
@@ -153,9 +168,8 @@ def evaluate_predictions(
                 raise LandmarkDataError(f"{pred}: image {p!r} has no spacing (spacing_mode 'image').")
             else:
                 spacings.append(preds.spacing[p])
-        elif mode == "reference_distance":
-            i, j = _int_pair(reference)
-            s = reference_distance_spacing(g_pts, i, j, float(distance_mm), source=f"{gt}: image {g!r}")
+        elif ref is not None:
+            s = reference_distance_spacing(g_pts, ref[0], ref[1], ref[2], source=f"{gt}: image {g!r}")
             spacings.append(np.array([s, s]))
         gt_points.append(g_pts)
         pred_points.append(p_pts)
@@ -174,8 +188,8 @@ def evaluate_predictions(
         "gt_file": str(gt),
         "section": section if Path(gt).suffix.lower() == ".json" else None,
         "spacing_mode": mode,
-        "reference": list(_int_pair(reference)) if mode == "reference_distance" else None,
-        "distance_mm": float(distance_mm) if mode == "reference_distance" else None,
+        "reference": list(ref[:2]) if ref is not None else None,
+        "distance_mm": ref[2] if ref is not None else None,
         "missing": missing,
         "n_matched": len(pairs),
         "n_failed_images": sum(1 for p, _ in pairs if p in preds.errors),

@@ -471,5 +471,13 @@ def images_folder(folder: str, out: str, pattern: str = "*") -> str:
     return str(_publish(datalist, out_path, None))
 
 
+COMMANDS = {"shared": shared, "dicom_folder": dicom_folder, "images_folder": images_folder}
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    """Command line entry point: ``argv`` (default ``sys.argv[1:]``) names a command and its flags."""
+    return fire.Fire(COMMANDS, command=None if argv is None else list(argv), name="prepare_datalist")
+
+
 if __name__ == "__main__":
-    fire.Fire({"shared": shared, "dicom_folder": dicom_folder, "images_folder": images_folder})
+    main()

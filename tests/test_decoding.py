@@ -43,7 +43,8 @@ def test_subpixel_recovery_anisotropic_images_and_peaks(shape, sigma, gen):
     centres = random_centres(60, shape, margin=2.0, generator=gen)
     sigmas = torch.tensor([[sigma, sigma * 1.3]]).expand(60, 2)
     heatmaps = gaussian_heatmaps(shape, centres, sigmas)
-    errors = {m: (decode_heatmaps(heatmaps, m)[0][0] - centres).abs().max().item() for m in ("argmax", "quadratic", "local_soft_argmax")}
+    methods = ("argmax", "quadratic", "local_soft_argmax")
+    errors = {m: (decode_heatmaps(heatmaps, m)[0][0] - centres).abs().max().item() for m in methods}
     assert errors["argmax"] <= 0.5 + 1e-9
     assert errors["quadratic"] < 0.1
     assert errors["local_soft_argmax"] < 0.1
@@ -142,3 +143,15 @@ def test_invalid_arguments():
         decode_heatmaps(torch.zeros(4, 4), "argmax")
     with pytest.raises(ValueError, match="odd"):
         decode_heatmaps(torch.zeros(1, 1, 8, 8), "local_soft_argmax", window=4)
+
+
+def test_metatensor_and_integer_inputs_give_plain_float_tensors():
+    from monai.data import MetaTensor
+
+    heatmaps = torch.zeros(1, 1, 6, 5, dtype=torch.uint8)
+    heatmaps[0, 0, 4, 1] = 7
+    for data in (heatmaps, MetaTensor(heatmaps.float())):
+        for method in ("argmax", "quadratic", "soft_argmax"):
+            coords, conf = decode_heatmaps(data, method, beta=100.0)
+            assert type(coords) is torch.Tensor and type(conf) is torch.Tensor and coords.is_floating_point()
+            torch.testing.assert_close(coords[0, 0], torch.tensor([4.0, 1.0]))

@@ -139,7 +139,7 @@ def test_cumulative_metric_accumulates_and_resets():
     batch = metric(y_pred=pred, y=gt, spacing=torch.tensor([[1.0, 1.0], [0.5, 0.5]]))
     assert batch.shape == (2, 2)
     # a decollated batch: lists of (K, 2) and of (2,)
-    metric(y_pred=[torch.tensor([[NAN, NAN], [0.0, 1.0]])], y=[torch.tensor([[0.0, 0.0], [0.0, 0.0]])], spacing=[[2.0, 2.0]])
+    metric(y_pred=[torch.tensor([[NAN, NAN], [0.0, 1.0]])], y=[torch.zeros(2, 2)], spacing=[[2.0, 2.0]])
     # errors: [5, 0], [1, nan], [inf, 2]
     assert metric.aggregate() == pytest.approx(8 / 4)
     assert metric.aggregate("median") == pytest.approx(1.5)
@@ -186,7 +186,12 @@ def fake_batches():
     spacing = torch.tensor([[0.5, 0.5], [1.0, 1.0], [2.0, 1.0], [1.0, 1.0]])
     # errors (mm): [2.5, 0, 5], [1, nan, 50], [0, 2, 2], [inf, 0, 0]
     return [
-        {"image": torch.zeros(2, 1, 4, 4), "landmarks": gt[i : i + 2], "spacing": spacing[i : i + 2], "pred_src": gt[i : i + 2] + offsets[i : i + 2]}
+        {
+            "image": torch.zeros(2, 1, 4, 4),
+            "landmarks": gt[i : i + 2],
+            "spacing": spacing[i : i + 2],
+            "pred_src": gt[i : i + 2] + offsets[i : i + 2],
+        }
         for i in (0, 2)
     ]
 
@@ -266,7 +271,7 @@ def test_ignite_metric_resets_each_run():
 def test_output_transform_forms():
     items = [
         {"pred_landmarks": np.array([[1.0, 2.0]]), "landmarks": torch.tensor([[1.0, 2.0]]), "spacing": [0.5, 0.5]},
-        {"pred_landmarks": np.array([[3.0, 2.0]]), "landmarks": torch.tensor([[1.0, 2.0]]), "spacing": torch.tensor([1.0, 1.0])},
+        {"pred_landmarks": np.array([[3.0, 2.0]]), "landmarks": torch.tensor([[1.0, 2.0]]), "spacing": torch.ones(2)},
     ]
     pred, gt, spacing = landmark_output_transform(items)
     assert pred.shape == (2, 1, 2) and gt.shape == (2, 1, 2) and spacing.shape == (2, 2)
@@ -276,7 +281,8 @@ def test_output_transform_forms():
         landmark_output_transform([items[0], {k: v for k, v in items[1].items() if k != "spacing"}])
     with pytest.raises(KeyError, match="pred_landmarks"):
         landmark_output_transform({"landmarks": torch.zeros(1, 1, 2)})
-    pred, _, _ = landmark_output_transform({"p": torch.ones(1, 1, 2), "g": torch.ones(1, 1, 2)}, pred_key="p", gt_key="g")
+    renamed = {"p": torch.ones(1, 1, 2), "g": torch.ones(1, 1, 2)}
+    pred, _, _ = landmark_output_transform(renamed, pred_key="p", gt_key="g")
     assert pred.shape == (1, 1, 2)
 
 

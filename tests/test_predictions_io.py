@@ -113,7 +113,8 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def test_wide_csv_extra_columns_and_missing_cells(tmp_path):
-    path = write_text(tmp_path / "landmarks.csv", "image,x0,y0,x1,y1,cobb_main\nimages/a.jpg,1,2,3.5,4,12.5\nimages/b.jpg,5,6,,,7\n")
+    text = "image,x0,y0,x1,y1,cobb_main\nimages/a.jpg,1,2,3.5,4,12.5\nimages/b.jpg,5,6,,,7\n"
+    path = write_text(tmp_path / "landmarks.csv", text)
     points = read_predictions(path)
     np.testing.assert_array_equal(points["images/a.jpg"], [[1, 2], [3.5, 4]])
     np.testing.assert_array_equal(points["images/b.jpg"], [[5, 6], [NAN, NAN]])
@@ -122,7 +123,8 @@ def test_wide_csv_extra_columns_and_missing_cells(tmp_path):
 
 
 def test_bad_csv_rows_name_file_and_line(tmp_path):
-    path = write_text(tmp_path / "bad.csv", "image,x0,y0,x1,y1\na.jpg,1,2,3,4\nb.jpg,1,2,3\nc.jpg,1,abc,3,4\nd.jpg,1,,3,4\n")
+    text = "image,x0,y0,x1,y1\na.jpg,1,2,3,4\nb.jpg,1,2,3\nc.jpg,1,abc,3,4\nd.jpg,1,,3,4\n"
+    path = write_text(tmp_path / "bad.csv", text)
     with pytest.raises(DatalistValidationError) as info:
         read_predictions(path)
     message = str(info.value)
@@ -132,11 +134,17 @@ def test_bad_csv_rows_name_file_and_line(tmp_path):
     assert "line 5: landmarks [0] have only one of their two coordinates" in message
     with pytest.raises(LandmarkDataError, match="unrecognised CSV header"):
         read_predictions(write_text(tmp_path / "h.csv", "file,a,b\nx,1,2\n"))
-    long_bad = write_text(tmp_path / "long.csv", "image,index,name,x,y,x_mm,y_mm,confidence,error\na.png,one,,1,2,,,,\n")
+    text = "image,index,name,x,y,x_mm,y_mm,confidence,error\na.png,one,,1,2,,,,\n"
+    long_bad = write_text(tmp_path / "long.csv", text)
     with pytest.raises(DatalistValidationError, match="line 2: index 'one' is not a non-negative integer"):
         read_predictions(long_bad)
     with pytest.raises(LandmarkDataError, match="not found"):
         read_predictions(tmp_path / "absent.csv")
+    doc = {"predictions": [{"image": "a.png", "spacing": [0, 1], "landmarks": [{"index": 0, "x": "?", "y": 1}]}]}
+    with pytest.raises(DatalistValidationError) as info:
+        read_predictions(write_text(tmp_path / "p.json", json.dumps(doc)))
+    assert "predictions[0]: spacing must be [sx, sy] positive" in str(info.value)
+    assert "predictions[0].landmarks[0].x: '?' is not a number" in str(info.value)
 
 
 def datalist(tmp_path: Path) -> Path:
@@ -154,18 +162,28 @@ def datalist(tmp_path: Path) -> Path:
 
 
 def test_read_ground_truth_datalist(tmp_path):
-    gt = read_ground_truth(datalist(tmp_path), section="validation")
+    path = datalist(tmp_path)
+    gt = read_ground_truth(path, section="validation")
     assert gt.landmark_names == ["a", "b", "c"] and gt.spacing_mode == "datalist"
-    np.testing.assert_array_equal(gt.landmarks["images/v1.png"], [[10, 10], [20, 20], [NAN, NAN]])
-    np.testing.assert_array_equal(gt.spacing["images/v2.png"], [0.1, 0.2])
-    assert list(read_ground_truth(datalist(tmp_path), section="training").spacing) == []
+    v1, v2 = (str((path.parent / "images" / n).resolve()) for n in ("v1.png", "v2.png"))
+    assert list(gt.landmarks) == [v1, v2]  # absolute paths, as load_datalist gives
+    np.testing.assert_array_equal(gt.landmarks[v1], [[10, 10], [20, 20], [NAN, NAN]])
+    np.testing.assert_array_equal(gt.spacing[v2], [0.1, 0.2])
+    assert list(read_ground_truth(path, section="training").spacing) == []
     with pytest.raises(LandmarkDataError, match="no section 'test'.*training"):
-        read_ground_truth(datalist(tmp_path), section="test")
-    bad = {"landmarks": ["a", "b"], "validation": [{"image": "x.png", "landmarks": [[1, 2]]}, {"image": "y.png", "landmarks": [[1, "q"], None]}]}
+        read_ground_truth(path, section="test")
+    bad = {
+        "landmarks": ["a", "b"],
+        "validation": [{"image": "x.png", "landmarks": [[1, 2]]}, {"image": "y.png", "landmarks": [[1, "q"], None]}],
+    }
     with pytest.raises(DatalistValidationError) as info:
         read_ground_truth(write_text(tmp_path / "bad.json", json.dumps(bad)))
-    assert "validation[0]: 'landmarks' must be a list of 2" in str(info.value)
-    assert "validation[1].landmarks[0]: 'q' is not a number" in str(info.value)
+    assert str(tmp_path / "bad.json") in str(info.value)
+    assert "validation[0] x.png: 1 landmarks, expected 2" in str(info.value)
+    assert "validation[1] y.png: landmark 0 is not a point" in str(info.value)
+    unannotated = {"landmarks": ["a"], "test": [{"image": "x.png"}]}
+    with pytest.raises(DatalistValidationError, match="test\\[0\\] .*x.png: no 'landmarks'"):
+        read_ground_truth(write_text(tmp_path / "test.json", json.dumps(unannotated)), section="test")
 
 
 def test_match_images(tmp_path):
@@ -185,7 +203,9 @@ def test_match_images(tmp_path):
 def tiny_predictions(tmp_path: Path) -> Path:
     """Predictions for the datalist's validation images, paths relative to another folder."""
     records = [
-        make_prediction_record(str(tmp_path / "data" / "images" / "v1.png"), [[13, 14], [20, 20], [5, 5]], spacing=[0.5, 0.5]),
+        make_prediction_record(
+            str(tmp_path / "data" / "images" / "v1.png"), [[13, 14], [20, 20], [5, 5]], spacing=[0.5, 0.5]
+        ),
         make_prediction_record("../data/images/v2.png", [[0, 10], [NAN, NAN], [50, 50]], spacing=[0.1, 0.2]),
         make_prediction_record("../data/images/unknown.png", [[0, 0], [0, 0], [0, 0]]),
     ]
@@ -204,6 +224,7 @@ def test_evaluate_function_by_hand(tmp_path, capsys):
     assert summary["mre"] == pytest.approx((2.5 + 0 + 2 + 0) / 4)
     assert summary["sdr"] == pytest.approx({"2": 60.0, "3": 80.0})
     assert summary["evaluation"]["unmatched_predictions"] == ["../data/images/unknown.png"]
+    assert summary["evaluation"]["n_matched"] == 2
     assert "MRE 1.125" in capsys.readouterr().out
     written = strict_json(out_dir / "summary.json")
     assert written["sdr@2mm"] == 60.0 and written["per_landmark"][2]["name"] == "c"
@@ -234,6 +255,22 @@ def test_evaluate_pixels_missing_images_and_reference_distance(tmp_path):
         script.evaluate_predictions(pred=str(pred), gt=str(gt), spacing_mode="datalist", quiet=True)
 
 
+def test_evaluate_reference_from_datalist(tmp_path):
+    script = load_script()
+    doc = {
+        "landmarks": ["a", "b"],
+        "spacing_mode": "reference_distance",
+        "reference": {"landmarks": [0, 1], "distance_mm": 20.0},
+        "validation": [{"image": "a.png", "landmarks": [[0, 0], [40, 0]]}],
+    }
+    gt = write_text(tmp_path / "datalist.json", json.dumps(doc))
+    pred = write_text(tmp_path / "pred.csv", "image,x0,y0,x1,y1\na.png,0,4,40,0\n")
+    summary = script.evaluate_predictions(pred=str(pred), gt=str(gt), quiet=True)
+    assert summary["evaluation"]["spacing_mode"] == "reference_distance"
+    assert summary["evaluation"]["reference"] == [0, 1] and summary["evaluation"]["distance_mm"] == 20.0
+    assert summary["max"] == pytest.approx(4 * 20 / 40)
+
+
 def test_evaluate_cli_subprocess(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     out_dir = tmp_path / "cli"
@@ -246,3 +283,23 @@ def test_evaluate_cli_subprocess(tmp_path):
     assert "MRE 1.125" in result.stdout and "spacing: image" in result.stdout
     assert strict_json(out_dir / "summary.json")["n_failed"] == 1
     assert (out_dir / "per_landmark.csv").is_file() and (out_dir / "errors.csv").is_file()
+
+
+HAND = REPO.parent / "shared" / "data" / "hand_xray" / "landmarks.csv"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not HAND.is_file(), reason="../shared/data is absent")
+def test_hand_ground_truth_against_itself_shifted(tmp_path):
+    script = load_script()
+    gt = read_ground_truth(HAND)
+    assert len(gt.landmarks) == 112 and all(v.shape == (37, 2) for v in gt.landmarks.values())
+    records = [make_prediction_record(image, points + [1.0, 0.0]) for image, points in gt.landmarks.items()]
+    pred = write_predictions_csv(records, tmp_path / "predictions.csv")
+    summary = script.evaluate_predictions(
+        pred=str(pred), gt=str(HAND), spacing_mode="reference_distance", reference=(1, 5), quiet=True
+    )
+    # a 1 px shift is 50 / |g1 - g5| mm per image (about 0.15 mm)
+    expected = np.mean([50.0 / np.linalg.norm(g[1] - g[5]) for g in gt.landmarks.values()])
+    assert summary["n_points"] == 112 * 37 and summary["n_failed"] == 0
+    assert summary["mre"] == pytest.approx(expected) and summary["sdr@2mm"] == 100.0

@@ -1,4 +1,4 @@
-"""SpatialConfiguration-Net: shapes, H = H_LA * H_SC, the 1/8 spatial branch, initialisation, errors, training, export."""
+"""SpatialConfiguration-Net: shapes, H = H_LA * H_SC, 1/8 spatial branch, initialisation, errors, training, export."""
 
 from __future__ import annotations
 
@@ -156,7 +156,16 @@ def test_gradients_flow_to_every_parameter():
         assert torch.count_nonzero(p.grad) > 0, name
 
 
-def test_training_steps_reduce_the_loss():
+@pytest.fixture
+def one_thread():
+    """Small convolutions run several times faster on one thread than on oversubscribed CI cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_training_steps_reduce_the_loss(one_thread):
     torch.manual_seed(0)
     net = small_net(out_channels=2, dropout=0.0)  # default (Payer) initialisation: output starts almost at zero
     x = torch.randn(1, 1, 64, 64)

@@ -39,6 +39,7 @@ __all__ = [
     "validate_datalist",
     "write_datalist",
     "landmarks_to_json",
+    "list_images",
 ]
 
 SECTIONS = ("training", "validation", "test")
@@ -205,7 +206,9 @@ def load_datalist(
 
 
 def landmarks_to_json(points: Any) -> list[list[float] | None]:
-    """``(K, 2)`` array → JSON list with ``null`` for missing (NaN) points."""
+    """``(K, 2)`` array (or a JSON-style list with ``None`` points) → JSON list with ``null`` for missing (NaN) points."""
+    if isinstance(points, (list, tuple)):
+        points = [(math.nan, math.nan) if p is None else p for p in points]
     arr = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     return [None if np.isnan(p).any() else [float(p[0]), float(p[1])] for p in arr]
 
@@ -225,3 +228,27 @@ def write_datalist(path: str | os.PathLike, datalist: dict[str, Any]) -> Path:
     with atomic_write(path) as f:
         json.dump(doc, f, indent=1, allow_nan=False)
     return Path(path)
+
+
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def list_images(source: str | os.PathLike | Sequence[str], section: str = "test") -> list[dict[str, Any]]:
+    """Inference items ``[{"image": path}, ...]`` from a folder (every image in it, sorted), a list of files,
+    one image file, or a datalist JSON (its ``section``, ground truth kept when present)."""
+    if isinstance(source, (list, tuple)):
+        paths = [Path(p) for p in source]
+    else:
+        src = Path(source)
+        if src.suffix.lower() == ".json":
+            return load_datalist(src, section, validate=False)
+        if src.is_dir():
+            paths = sorted(p for p in src.iterdir() if p.is_file() and str(p).lower().endswith(IMAGE_SUFFIXES))
+            if not paths:
+                raise LandmarkDataError(f"{src}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        else:
+            paths = [src]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise LandmarkDataError(f"image file(s) do not exist: {missing}")
+    return [{"image": str(p.resolve())} for p in paths]

@@ -224,10 +224,11 @@ def _read_json_predictions(path: Path) -> Predictions:
             continue
         if rec.get("spacing") is not None:
             sp = rec["spacing"]
-            if not isinstance(sp, list) or len(sp) != 2:
-                problems.append(f"{where}: spacing must be [sx, sy], got {sp!r}")
+            values = [_float(s, f"{where}.spacing", problems) for s in sp] if isinstance(sp, list) else []
+            if len(values) != 2 or not all(v > 0 for v in values):
+                problems.append(f"{where}: spacing must be [sx, sy] positive mm/pixel, got {sp!r}")
             else:
-                spacing[image] = np.array([_float(s, f"{where}.spacing", problems) for s in sp])
+                spacing[image] = np.array(values)
         if rec.get("error"):
             errors[image] = str(rec["error"])
             landmarks[image] = np.zeros((0, 2))
@@ -382,7 +383,7 @@ def read_prediction_file(path: str | os.PathLike) -> Predictions:
 
 
 def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """``image -> (K, 2)`` predicted points (pixels, NaN where missing) from any format of :func:`read_prediction_file`."""
+    """``image -> (K, 2)`` predicted pixels (NaN where missing) from any format :func:`read_prediction_file` reads."""
     return read_prediction_file(path).landmarks
 
 
@@ -392,14 +393,19 @@ def _read_datalist_section(path: Path, section: str) -> GroundTruth:
         sections = [k for k in SECTIONS if k in data]
         raise LandmarkDataError(f"{path}: no section {section!r} in the datalist (sections: {sections}).")
     entries = load_datalist(path, section, validate=False)
-    unannotated = [f"{section}[{i}] {e['image']}: no 'landmarks'" for i, e in enumerate(entries) if "landmarks" not in e]
+    unannotated = [
+        f"{section}[{i}] {e['image']}: no 'landmarks'"
+        for i, e in enumerate(entries)
+        if "landmarks" not in e
+    ]
     if unannotated:
         raise DatalistValidationError(str(path), unannotated)
     landmarks = {e["image"]: np.asarray(e["landmarks"], dtype=np.float64) for e in entries}
     spacing = {e["image"]: np.asarray(e["spacing"], dtype=np.float64) for e in entries if "spacing" in e}
     names = data.get("landmarks")
     reference = data.get("reference") if isinstance(data.get("reference"), Mapping) else None
-    return GroundTruth(landmarks, spacing, [str(n) for n in names] if names else None, data.get("spacing_mode"), reference)
+    names = [str(n) for n in names] if names else None
+    return GroundTruth(landmarks, spacing, names, data.get("spacing_mode"), reference)
 
 
 def read_ground_truth(path: str | os.PathLike, section: str = "validation") -> GroundTruth:

@@ -1,4 +1,4 @@
-"""Adversarial PoseNet training (Chen et al., "Adversarial PoseNet", ICCV 2017) as a MONAI :class:`~monai.engines.Trainer`.
+"""Adversarial PoseNet training (Chen et al., "Adversarial PoseNet", ICCV 2017) as a MONAI ``Trainer``.
 
 One iteration (:meth:`AdversarialPoseTrainer._iteration`):
 
@@ -16,8 +16,9 @@ Decisions:
   size inside the iteration (:func:`match_heatmap_resolution`). An integer stride is required; block averaging keeps
   the pixel-centre convention of :mod:`monai_ext.networks.hourglass` (heatmap index ``h`` = input pixel
   ``(h + 0.5) * s - 0.5``). Targets already at the output size are used as they are.
-* Missing landmarks (mask 0) are excluded from the MSE, from every BCE term and get ``p_fake = c_fake = 0``. Without a
-  mask in the batch, a landmark is visible when its target channel is not all zero.
+* Missing landmarks (mask 0) are excluded from the MSE, from every BCE term and get ``p_fake = c_fake = 0``; their
+  target channel is zeroed (whatever it held, ``NaN`` included) before it is shown to the discriminators as "real".
+  Without a mask in the batch, a landmark is visible when its target channel is not all zero.
 * ``p_fake``: argmax of the generated heatmap within ``fake_threshold`` *input* pixels of the ground-truth argmax;
   ``c_fake``: peak value within ``peak_tolerance`` (relative) of the ground-truth peak at the same resolution (see
   :mod:`monai_ext.losses.adversarial`).
@@ -193,7 +194,9 @@ class AdversarialPoseTrainer(Trainer):
             ("confidence_discriminator", confidence_discriminator, c_optimizer),
         ):
             if (net is None) != (opt is None):
-                raise ValueError(f"AdversarialPoseTrainer: {name} and its optimiser must be given together (or neither).")
+                raise ValueError(
+                    f"AdversarialPoseTrainer: {name} and its optimiser must be given together (or neither)."
+                )
         if alpha < 0 or beta < 0:
             raise ValueError(f"AdversarialPoseTrainer: alpha and beta must be >= 0, got {alpha} and {beta}.")
         if fake_threshold < 0 or peak_tolerance < 0:
@@ -244,11 +247,6 @@ class AdversarialPoseTrainer(Trainer):
         # handlers last, so that they can see every attribute above (as MONAI trainers do through Workflow)
         if train_handlers is not None:
             self._register_handlers(train_handlers)
-
-    @property
-    def adversarial(self) -> bool:
-        """Whether at least one discriminator is trained."""
-        return self.pose_discriminator is not None or self.confidence_discriminator is not None
 
     def run(self) -> None:  # type: ignore[override]
         """Run training; calling it again continues from the current state (up to ``state.max_epochs``)."""
@@ -320,10 +318,12 @@ class AdversarialPoseTrainer(Trainer):
                 f"AdversarialPoseTrainer: generator output {tuple(pred.shape)} and target heatmaps "
                 f"{tuple(target_full.shape)} differ in batch size or number of landmarks."
             )
-        target = match_heatmap_resolution(target_full, pred.shape[2:]).to(torch.float32)
         if mask is None:
-            mask = target_full.detach().flatten(2).amax(2) > 0
+            mask = torch.nan_to_num(target_full.detach(), nan=0.0).flatten(2).amax(2) > 0
         mask = mask.to(device=pred.device, dtype=torch.float32)
+        target = match_heatmap_resolution(target_full, pred.shape[2:]).to(torch.float32)
+        visible = (mask > 0).view(*mask.shape, *([1] * (target.ndim - 2)))
+        target = torch.where(visible, target, torch.zeros_like(target))  # a missing landmark has no heatmap
         output_stride = [float(i) / float(p) for i, p in zip(image.shape[2:], pred.shape[2:])]
         zero = torch.zeros((), device=pred.device)
         engine.state.output = {

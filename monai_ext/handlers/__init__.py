@@ -1,3 +1,4 @@
 """Ignite/MONAI handlers of the landmark workflows."""
 
 from monai_ext.handlers.nan_guard import StopOnNonFiniteLoss, loss_from_output
+from monai_ext.handlers.writers import LandmarkMetricsWriter, LandmarkPredictionWriter

@@ -69,7 +69,7 @@ def _visibility(target: torch.Tensor, mask: torch.Tensor | None, is_points: bool
 def _target_points(
     pred_heatmaps: torch.Tensor, target: torch.Tensor, output_stride: float | Sequence[float], name: str
 ) -> tuple[torch.Tensor, bool]:
-    """Ground-truth points in input pixels from ``target`` points ``(B, K, D)`` or heatmaps shaped like the prediction."""
+    """Ground-truth points in input pixels, from points ``(B, K, D)`` or heatmaps shaped like the prediction."""
     b, k = pred_heatmaps.shape[:2]
     d = pred_heatmaps.ndim - 2
     if target.shape == (b, k, d):

@@ -49,8 +49,8 @@ def gaussian_heatmaps(
     b, k, d = points.shape
     if d != len(spatial_shape):
         raise ValueError(
-            f"gaussian_heatmaps: points have {d} coordinates but spatial_shape {spatial_shape} has {len(spatial_shape)} "
-            "dims."
+            f"gaussian_heatmaps: points have {d} coordinates but spatial_shape {spatial_shape} has "
+            f"{len(spatial_shape)} dims."
         )
     if not points.is_floating_point():
         points = points.float()
@@ -220,8 +220,9 @@ class LearnableSigmaHeatmapLoss(nn.Module):
     balances the two; with a fixed peak (``normalize=False``) both the data term and the penalty favour ever smaller
     sigmas, so learnable sigmas should only be used with ``normalize=True``.
     The default data term is Payer's sum over pixels averaged over the batch; with ``gamma=1000`` and ``alpha=100`` the
-    data-term and penalty gradients w.r.t. sigma are of the same order at sigma = 4 px in 2D (the balance scales with
-    ``gamma**2``: change ``alpha`` with ``amplitude`` or with the reductions).
+    data-term and penalty gradients w.r.t. sigma are of the same order at sigma = 4 px in 2D for a zero prediction
+    (``gamma^2 / (2 pi sigma^3)`` ~ 2500 vs ``2 alpha sigma`` = 800; the balance scales with ``gamma^2``: change
+    ``alpha`` with ``amplitude`` or with the reductions).
 
     Args:
         num_landmarks: ``K``.
@@ -248,7 +249,9 @@ class LearnableSigmaHeatmapLoss(nn.Module):
     ) -> None:
         super().__init__()
         if reduction == "none":
-            raise ValueError("LearnableSigmaHeatmapLoss: reduction='none' is not supported (the sigma penalty is global).")
+            raise ValueError(
+                "LearnableSigmaHeatmapLoss: reduction='none' is not supported (the sigma penalty is global)."
+            )
         _check_reduction(reduction, spatial_reduction, "LearnableSigmaHeatmapLoss")
         sig = torch.as_tensor(sigma_init, dtype=torch.float32).flatten()
         if sig.numel() == 1:

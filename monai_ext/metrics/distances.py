@@ -75,7 +75,7 @@ def radial_errors_tensor(
             spacing = spacing.expand(dims)
         if spacing.shape not in ((dims,), (*pred.shape[:-2], dims)):
             per_image = f" or ({pred.shape[0]}, {dims})" if pred.ndim == 3 else ""
-            raise ValueError(f"spacing must be a scalar, ({dims},){per_image} mm/pixel, got shape {tuple(spacing.shape)}.")
+            raise ValueError(f"spacing must be a scalar, ({dims},){per_image} mm/pixel, got {tuple(spacing.shape)}.")
         if not bool(torch.isfinite(spacing).all()) or bool((spacing <= 0).any()):
             raise ValueError(f"spacing must be finite and positive (mm/pixel), got {spacing.tolist()}.")
         diff = diff * (spacing.unsqueeze(-2) if spacing.ndim == 2 else spacing)
@@ -278,7 +278,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         "per landmark:",
     ]
     radii = list(summary["sdr"])
-    lines.append("  " + "  ".join([f"{'name':<16}", f"{'n':>5}", f"{'mre':>8}", f"{'median':>8}"] + [f"{'<=' + r:>8}" for r in radii]))
+    head = [f"{'name':<16}", f"{'n':>5}", f"{'mre':>8}", f"{'median':>8}"] + [f"{'<=' + r:>8}" for r in radii]
+    lines.append("  " + "  ".join(head))
     for e in summary["per_landmark"]:
         cells = [f"{e['name'][:16]:<16}", f"{e['n']:>5}", f"{e['mre']:>8.3f}", f"{e['median']:>8.3f}"]
         lines.append("  " + "  ".join(cells + [f"{e['sdr'][r]:>7.2f}%" for r in radii]))

@@ -59,7 +59,8 @@ def landmark_output_transform(
         if missing:
             raise KeyError(f"landmark metric: keys {missing} not in the engine output (keys: {sorted(output)}).")
         spacing = output.get(spacing_key)
-        return _to_tensor(output[pred_key]), _to_tensor(output[gt_key]), None if spacing is None else _to_tensor(spacing)
+        spacing = None if spacing is None else _to_tensor(spacing)
+        return _to_tensor(output[pred_key]), _to_tensor(output[gt_key]), spacing
     if isinstance(output, Sequence) and output and all(isinstance(o, Mapping) for o in output):
         preds, gts, spacings = [], [], []
         for i, item in enumerate(output):
@@ -75,7 +76,8 @@ def landmark_output_transform(
             raise ValueError(f"landmark metric: {spacing_key!r} is given for some images of the batch but not all.")
         else:
             spacing = torch.stack([_to_tensor(s).to(torch.float64).reshape(-1) for s in spacings])
-        return (torch.stack([p.to(torch.float64) for p in preds]), torch.stack([g.to(torch.float64) for g in gts]), spacing)
+        pred = torch.stack([p.to(torch.float64) for p in preds])
+        return pred, torch.stack([g.to(torch.float64) for g in gts]), spacing
     raise TypeError(
         f"landmark metric: expected the engine output as a dict or a list of dicts, got {type(output).__name__}."
     )
@@ -97,7 +99,8 @@ def _merge_batch(output: Any, batch: Any) -> Any:
 
 
 class LandmarkMetric(IgniteMetricHandler):
-    """Ignite metric of landmark radial errors, computed by :class:`~monai_ext.metrics.cumulative.LandmarkDistanceMetric`.
+    """Ignite metric of landmark radial errors, computed by
+    :class:`~monai_ext.metrics.cumulative.LandmarkDistanceMetric` (its buffers are gathered across ranks under DDP).
 
     Args:
         statistic: the value reported: ``"mre"``, ``"median"``, ``"std"``, ``"max"``, ``"sdr@<r>"`` or
@@ -147,7 +150,7 @@ class LandmarkMetric(IgniteMetricHandler):
 
     def compute(self) -> Any:
         if len(self.metric_fn) == 0:
-            raise NotComputableError(f"{self.__class__.__name__} must have at least one batch before it can be computed.")
+            raise NotComputableError(f"{self.__class__.__name__} needs at least one batch before it can be computed.")
         summary = self.metric_fn.aggregate("summary")
         result = self.metric_fn.aggregate(self.statistic) if self.statistic != "summary" else summary
         self._is_reduced = True
@@ -190,7 +193,8 @@ def lower_is_better(current: float, previous: float) -> bool:
     """``metric_cmp_fn`` for error metrics (MRE): True when ``current`` beats ``previous``.
 
     MONAI initialises ``best_metric`` to -1, which means "no best yet" here. A NaN ``current`` never wins.
+    For the best-checkpoint of ``CheckpointSaver`` use ``key_metric_negative_sign=True`` with such metrics.
     """
-    if isinstance(current, float) and math.isnan(current):
+    if math.isnan(float(current)):
         return False
     return previous == -1 or current < previous

@@ -81,14 +81,13 @@ class SpatialConfigurationNet(nn.Module):
 
     Initialisation: biases 0; hidden convolutions Kaiming-normal (fan-in, LeakyReLU gain); the two heatmap output
     convolutions (local ``H_LA`` and spatial ``H_SC`` before tanh) normal with std ``local_init_std`` /
-    ``spatial_init_std`` (1e-4 each, Payer's ``heatmap_layer_kernel_initializer``, a truncated normal with stddev
-    1e-4 in his TensorFlow code), so the network starts from an almost-zero output.
+    ``spatial_init_std`` (1e-4 each, the small-normal heatmap-layer initialiser of Payer's TensorFlow code), so the
+    network starts from an almost-zero output ``H`` (both factors are small); it trains well with Adam.
 
     Defaults are the configuration of the MedIA 2019 paper for hand radiographs (64 filters, 5x5 local kernels, 15x15
     spatial kernels at 1/8 resolution).  Payer's public variant is ``local_filters=128, spatial_filters=128,
-    spatial_downsample=16, spatial_kernel_size=11``.  Payer's code additionally has a 3x3 input convolution before the
-    first level and 3x3 heatmap convolutions (``heatmap_kernel_size=3``); the paper's description, implemented here,
-    has neither the extra convolution nor a kernel different from the local one.
+    spatial_downsample=16, spatial_kernel_size=11``.  The first level convolves the image directly (no extra input
+    convolution) and ``H_LA`` uses the local kernel size unless ``heatmap_kernel_size`` is given.
 
     Args:
         spatial_dims: 2 or 3.

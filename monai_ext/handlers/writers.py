@@ -1,0 +1,126 @@
+"""Handlers that write what an evaluation or inference run produced: predictions, metrics, overlays."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from monai_ext.data.predictions import make_prediction_record, write_predictions_csv, write_predictions_json
+from monai_ext.utils import atomic_write
+from monai_ext.visualize import save_overlay
+
+__all__ = ["LandmarkPredictionWriter", "LandmarkMetricsWriter"]
+
+
+def _items(output: Any) -> list[dict]:
+    if isinstance(output, dict):  # batch dict (decollate=False): split along the batch
+        n = len(output["pred_landmarks"])
+        return [{k: (v[i] if isinstance(v, (torch.Tensor, list)) and len(v) == n else v) for k, v in output.items()} for i in range(n)]
+    return list(output)
+
+
+def _numpy(x: Any) -> np.ndarray | None:
+    if x is None:
+        return None
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+class LandmarkPredictionWriter:
+    """Collect each image's predicted landmarks (original pixels, mm, confidence) and write
+    ``<output_dir>/<name>.json`` and ``.csv`` atomically when the run completes (format:
+    :mod:`monai_ext.data.predictions`); draw the first ``num_overlays`` images with their predictions
+    (and ground truth when the batch has ``landmarks``) into ``<output_dir>/overlays/``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        landmark_names: Sequence[str] | None = None,
+        name: str = "predictions",
+        num_overlays: int = 4,
+        image_key: str = "image",
+        pred_key: str = "pred_landmarks",
+        confidence_key: str = "pred_confidence",
+        gt_key: str = "landmarks",
+    ):
+        self.output_dir = Path(output_dir)
+        self.landmark_names = list(landmark_names) if landmark_names is not None else None
+        self.name = name
+        self.num_overlays = num_overlays
+        self.image_key, self.pred_key, self.confidence_key, self.gt_key = image_key, pred_key, confidence_key, gt_key
+        self.records: list[dict] = []
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.records = []
+
+    def collect(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        batch_items = _items(batch) if isinstance(batch, list) else None
+        for i, item in enumerate(_items(engine.state.output)):
+            image = item.get(self.image_key)
+            meta = getattr(image, "meta", {}) or {}
+            filename = str(meta.get("filename_or_obj", f"image_{len(self.records)}"))
+            source = str(meta.get("spacing_source", ""))
+            spacing = _numpy(meta.get("spacing")) if source != "none" else None
+            record = make_prediction_record(
+                filename,
+                landmarks=_numpy(item[self.pred_key]),
+                confidence=_numpy(item.get(self.confidence_key)),
+                spacing=spacing,
+                spacing_source=source,
+                landmark_names=self.landmark_names,
+            )
+            self.records.append(record)
+            if len(self.records) <= self.num_overlays:
+                gt = item.get(self.gt_key)
+                if gt is None and batch_items is not None and i < len(batch_items):
+                    gt = batch_items[i].get(self.gt_key)
+                out = self.output_dir / "overlays" / f"{len(self.records) - 1:04d}_{Path(filename).stem}.png"
+                save_overlay(filename, _numpy(item[self.pred_key]), out, gt=_numpy(gt))
+
+    def write(self, engine: Engine | None = None) -> None:
+        js = write_predictions_json(self.records, self.output_dir / f"{self.name}.json", landmark_names=self.landmark_names)
+        write_predictions_csv(self.records, self.output_dir / f"{self.name}.csv")
+        self.logger.info(f"wrote {len(self.records)} predictions to {js} and .csv")
+
+
+class LandmarkMetricsWriter:
+    """Write the full error summary of a landmark metric (``engine.state.metric_summaries[metric_name]``,
+    stored by :class:`~monai_ext.metrics.ignite.LandmarkMetric`) as ``summary.json`` and the per-landmark
+    table as ``per_landmark.csv`` in ``output_dir`` when the run completes."""
+
+    def __init__(self, output_dir: str | os.PathLike, metric_name: str):
+        self.output_dir = Path(output_dir)
+        self.metric_name = metric_name
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        summary = getattr(engine.state, "metric_summaries", {}).get(self.metric_name)
+        if summary is None:
+            raise KeyError(f"no summary for metric {self.metric_name!r}: is it a LandmarkMetric of this engine?")
+        with atomic_write(self.output_dir / "summary.json") as f:
+            json.dump({k: v for k, v in summary.items() if k != "per_landmark"}, f, indent=1, default=float)
+        rows = summary.get("per_landmark", [])
+        if rows:
+            flat = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows]
+            with atomic_write(self.output_dir / "per_landmark.csv", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(flat[0]))
+                writer.writeheader()
+                writer.writerows(flat)

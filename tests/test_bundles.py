@@ -1,0 +1,98 @@
+"""Every bundle under bundles/: required files, metadata verified offline, a 1-epoch synthetic training
+and an inference run with its ``configs/quick.json`` (small sizes). A new bundle is covered by adding its folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from monai.bundle import ConfigWorkflow, verify_metadata
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
+SCHEMA = REPO / "bundles" / "meta_schema.json"
+REQUIRED = [
+    "configs/metadata.json",
+    "configs/train.json",
+    "configs/evaluate.json",
+    "configs/inference.json",
+    "configs/multi_gpu_train.json",
+    "configs/quick.json",
+    "configs/logging.conf",
+    "docs/README.md",
+    "LICENSE",
+]
+ZOO_IDS = ["bundle_root", "ckpt_dir", "dataset_dir", "network_def", "network", "train#trainer", "train#handlers",
+           "validate#evaluator", "validate#handlers", "initialize", "run", "finalize"]
+
+
+def test_there_are_bundles():
+    assert BUNDLES, "no bundle found under bundles/"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_bundle_files_and_metadata(bundle: Path):
+    missing = [f for f in REQUIRED if not (bundle / f).is_file()]
+    assert not missing, f"{bundle.name} lacks {missing}"
+    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    fmt = meta["network_data_format"]
+    assert fmt["inputs"]["image"]["modality"] == "XR"
+    assert fmt["outputs"]["pred"]["num_channels"] == len(fmt["outputs"]["pred"]["channel_def"])
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_bundle_uses_model_zoo_ids(bundle: Path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    missing = [i for i in ZOO_IDS if i not in parser]
+    assert not missing, f"{bundle.name}/configs/train.json lacks config ids {missing}"
+
+
+def _workflow(bundle: Path, configs: list[str], run_id: str, tmp: Path) -> ConfigWorkflow:
+    files = [str(bundle / "configs" / c) for c in configs] + [str(bundle / "configs" / "quick.json")]
+    wf = ConfigWorkflow(
+        config_file=files,
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type="train" if run_id == "training" else "infer",
+        run_id=run_id,
+        bundle_root=str(bundle),
+        ckpt_dir=str(tmp / "models"),
+        ckpt_path=str(tmp / "models" / "model.pt"),
+        output_dir=str(tmp / "eval"),
+        dataset_dir=str(tmp / "data"),
+    )
+    wf.initialize()
+    return wf
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_bundle_trains_one_epoch_and_infers(bundle: Path, tmp_path: Path):
+    wf = _workflow(bundle, ["train.json"], "training", tmp_path)
+    wf.run()
+    wf.finalize()
+    assert (tmp_path / "models" / "model.pt").is_file(), "training wrote no checkpoint"
+    assert (tmp_path / "data" / "datalist.json").is_file(), "the synthetic dataset was not generated on first run"
+
+    wf = _workflow(bundle, ["inference.json"], "inference", tmp_path)
+    wf.run()
+    wf.finalize()
+    out = tmp_path / "eval"  # inference writes into its output_dir
+    doc = json.loads((out / "predictions.json").read_text())
+    names = doc["landmark_names"]
+    assert doc["predictions"], "no predictions written"
+    for rec in doc["predictions"]:
+        assert rec["error"] is None
+        assert [p["name"] for p in rec["landmarks"]] == names
+        xy = np.array([[p["x"], p["y"]] for p in rec["landmarks"]], dtype=float)
+        mm = np.array([[p["x_mm"], p["y_mm"]] for p in rec["landmarks"]], dtype=float)
+        assert np.isfinite(xy).all()
+        np.testing.assert_allclose(mm, xy * np.asarray(rec["spacing"]), rtol=1e-6)
+    assert (out / "predictions.csv").is_file()
+    assert list((out / "overlays").glob("*.png")), "no overlay written"
