@@ -143,7 +143,7 @@ def read_points_csv(
     path, folder = Path(path), Path(folder)
     if not path.is_file():
         raise LandmarkDataError(f"{path}: points file does not exist")
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: spreadsheet CSVs start with a BOM
         lines = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
     if not lines:
         raise LandmarkDataError(f"{path}: empty points file")
@@ -391,6 +391,19 @@ def shared(
     return str(_publish(datalist, out_path, names))
 
 
+def _dicom_spacing_problem(path: Path) -> str | None:
+    """Why ``path`` is not a DICOM with a pixel spacing (header only, pixels not read), or None."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as e:  # any parse failure of a corrupt header
+        return f"not a readable DICOM file ({type(e).__name__}: {e})"
+    if not any(tag in ds for tag in ("PixelSpacing", "ImagerPixelSpacing")):
+        return "no PixelSpacing (0028,0030) or ImagerPixelSpacing (0018,1164); use require_spacing=False for pixel units"
+    return None
+
+
 def dicom_folder(
     folder: str,
     points: str,
@@ -399,6 +412,7 @@ def dicom_folder(
     val_fraction: float = 0.2,
     seed: int = 0,
     flip_pairs: Sequence[Sequence[int]] = (),
+    require_spacing: bool = True,
 ) -> str:
     """Datalist of a folder of DICOMs annotated in ``points``, spacing from the DICOM tags (``"image"``).
 
@@ -410,6 +424,8 @@ def dicom_folder(
         landmarks: landmark names (list or comma-separated); default ``L0..L{K-1}``.
         val_fraction: fraction of the images put in ``validation`` (seeded by ``seed``).
         flip_pairs: left/right landmark index pairs, if any.
+        require_spacing: every image must be a DICOM with a pixel spacing tag (checked from the headers,
+            all offending files reported at once); without it, images lacking one are measured in pixels.
 
     Returns:
         the datalist path.
@@ -420,6 +436,12 @@ def dicom_folder(
     names = _parse_names(landmarks)
     rows = read_points(points, folder_path, None if names is None else len(names))
     names = names or [f"L{i}" for i in range(rows[0]["landmarks"].shape[0])]
+    if require_spacing:
+        problems = [
+            f"{r['image']}: {why}" for r in rows if (why := _dicom_spacing_problem(_resolve(r["image"], folder_path)))
+        ]
+        if problems:
+            raise DatalistValidationError(str(points), problems)
     entries = _entries(rows, folder_path, out_path)
     train, val = split_indices(len(entries), _n_val(len(entries), val_fraction, None), seed)
     datalist = {

@@ -155,6 +155,23 @@ def test_dicom_folder_bad_json_and_names(tmp_path):
         prep.dicom_folder(str(folder), str(good), str(tmp_path / "d.json"), landmarks="a,b")
 
 
+def test_dicom_folder_requires_dicom_spacing(tmp_path):
+    folder = tmp_path / "dicoms"
+    images = _dicoms(folder, 2)
+    write_dicom(folder / "nospacing.dcm", _raster(5), None)
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(folder / "photo.png")
+    images += ["nospacing.dcm", "photo.png"]
+    points = _csv(tmp_path / "p.csv", [[img, *np.ravel(_points(i)).tolist()] for i, img in enumerate(images)])
+    with pytest.raises(DatalistValidationError) as info:
+        prep.dicom_folder(str(folder), str(points), str(tmp_path / "d.json"))
+    problems = info.value.problems
+    assert len(problems) == 2
+    assert problems[0].startswith("nospacing.dcm: no PixelSpacing")
+    assert problems[1].startswith("photo.png: not a readable DICOM")
+    out = prep.dicom_folder(str(folder), str(points), str(tmp_path / "d.json"), require_spacing=False, val_fraction=0)
+    assert len(json.loads(Path(out).read_text())["training"]) == 4
+
+
 def test_images_folder(tmp_path):
     folder = tmp_path / "incoming"
     write_dicom(folder / "a.dcm", _raster(0), (0.2, 0.2))
