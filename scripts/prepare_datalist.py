@@ -6,7 +6,8 @@ Examples::
     python scripts/prepare_datalist.py shared --dataset hand_xray      # -> data/hand_xray/datalist.json
     python scripts/prepare_datalist.py shared --dataset spine_aasce    # -> data/spine_aasce/datalist.json
     # a folder of DICOMs and a CSV (image,x0,y0,x1,y1,...) or JSON ({image: [[x, y], ...]}) of points
-    python scripts/prepare_datalist.py dicom_folder --folder my/dicoms --points my/points.csv --out data/mine/datalist.json
+    python scripts/prepare_datalist.py dicom_folder --folder my/dicoms --points my/points.csv \\
+        --out data/mine/datalist.json
     # a folder of images to run inference on (a "test" section, no landmarks)
     python scripts/prepare_datalist.py images_folder --folder my/images --out data/infer/datalist.json
 
@@ -400,7 +401,10 @@ def _dicom_spacing_problem(path: Path) -> str | None:
     except Exception as e:  # any parse failure of a corrupt header
         return f"not a readable DICOM file ({type(e).__name__}: {e})"
     if not any(tag in ds for tag in ("PixelSpacing", "ImagerPixelSpacing")):
-        return "no PixelSpacing (0028,0030) or ImagerPixelSpacing (0018,1164); use require_spacing=False for pixel units"
+        return (
+            "no PixelSpacing (0028,0030) or ImagerPixelSpacing (0018,1164); "
+            "use require_spacing=False for pixel units"
+        )
     return None
 
 

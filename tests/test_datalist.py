@@ -138,7 +138,8 @@ def test_test_section_needs_no_landmarks(tmp_path):
 
 def test_datalist_level_problems(tmp_path):
     path = tmp_path / "d.json"
-    path.write_text(json.dumps({"landmarks": ["a", "b"], "spacing_mode": "inches", "flip_pairs": [[0, 5]], "training": {}}))
+    doc = {"landmarks": ["a", "b"], "spacing_mode": "inches", "flip_pairs": [[0, 5]], "training": {}}
+    path.write_text(json.dumps(doc))
     with pytest.raises(DatalistValidationError) as info:
         validate_datalist(path)
     problems = info.value.problems
@@ -154,7 +155,10 @@ def test_relative_paths_resolve_against_datalist_folder(tmp_path, monkeypatch):
     path = tmp_path / "data" / "lists" / "d.json"
     write_datalist(
         path,
-        _datalist(training=[{"image": "../images/a.png", "landmarks": [[0, 0]] * 3}, {"image": absolute, "landmarks": [[0, 0]] * 3}]),
+        _datalist(training=[
+            {"image": "../images/a.png", "landmarks": [[0, 0]] * 3},
+            {"image": absolute, "landmarks": [[0, 0]] * 3},
+        ]),
     )
     monkeypatch.chdir(tmp_path / "elsewhere")  # the working directory plays no part
     items = load_datalist(path)

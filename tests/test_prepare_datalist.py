@@ -100,9 +100,16 @@ def test_dicom_folder_from_json_and_headerless_csv(tmp_path):
     entry = next(e for e in doc["training"] + doc["validation"] if e["image"].endswith(images[0]))
     assert entry["landmarks"][2] is None
 
-    csv_path = _csv(tmp_path / "noheader.csv", [[img, *np.ravel(_points(i)).tolist()] for i, img in enumerate(images)], header=False)
+    rows = [[img, *np.ravel(_points(i)).tolist()] for i, img in enumerate(images)]
+    csv_path = _csv(tmp_path / "noheader.csv", rows, header=False)
     out = prep.dicom_folder(str(folder), str(csv_path), str(tmp_path / "b.json"), landmarks=["p", "q", "r"])
     assert json.loads(Path(out).read_text())["landmarks"] == ["p", "q", "r"]
+
+    # a spreadsheet export with a byte-order mark still has its header recognised
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + _csv(tmp_path / "plain.csv", rows[:1]).read_bytes())
+    out = prep.dicom_folder(str(folder), str(bom), str(tmp_path / "c.json"), val_fraction=0)
+    assert len(json.loads(Path(out).read_text())["training"]) == 1
 
 
 def test_dicom_folder_bad_rows_all_reported(tmp_path):
@@ -141,7 +148,12 @@ def test_dicom_folder_bad_rows_all_reported(tmp_path):
 def test_dicom_folder_bad_json_and_names(tmp_path):
     folder = tmp_path / "dicoms"
     images = _dicoms(folder, 3)
-    pts = {images[0]: _points(0), images[1]: _points(1)[:2], images[2]: [[1, 2], [3, "x"], [5, 6]], "gone.dcm": _points(0)}
+    pts = {
+        images[0]: _points(0),
+        images[1]: _points(1)[:2],  # too few points
+        images[2]: [[1, 2], [3, "x"], [5, 6]],  # non-numeric
+        "gone.dcm": _points(0),  # missing file
+    }
     (tmp_path / "p.json").write_text(json.dumps(pts))
     with pytest.raises(DatalistValidationError) as info:
         prep.dicom_folder(str(folder), str(tmp_path / "p.json"), str(tmp_path / "d.json"))
@@ -188,7 +200,8 @@ def test_images_folder(tmp_path):
     prep.images_folder(str(folder), str(out))
     doc = json.loads(out.read_text())
     assert set(doc) == {"name", "spacing_mode", "test"}
-    assert [e["image"] for e in doc["test"]] == [f"../incoming/{n}" for n in ("a.dcm", "b_no_suffix", "c.nii.gz", "d.png")]
+    names = ("a.dcm", "b_no_suffix", "c.nii.gz", "d.png")  # sorted; .txt, README and hidden files skipped
+    assert [e["image"] for e in doc["test"]] == [f"../incoming/{n}" for n in names]
     assert all(set(e) == {"image"} for e in doc["test"])
     items = load_datalist(out, "test")
     loaded = [LoadRadiographd()(it)["image"] for it in items]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -116,7 +115,11 @@ def test_invalid_datalist_spacing_names_file(tmp_path, bad):
 
 def test_invalid_dicom_spacing_is_ignored_with_warning(tmp_path):
     path = write_dicom(tmp_path / "a.dcm", _raster(), None)
-    _edit_dicom(path, lambda ds: (setattr(ds, "PixelSpacing", ["0", "0.2"]), setattr(ds, "ImagerPixelSpacing", ["0.3", "0.3"])))
+    def edit(ds):
+        ds.PixelSpacing = ["0", "0.2"]
+        ds.ImagerPixelSpacing = ["0.3", "0.3"]
+
+    _edit_dicom(path, edit)
     with pytest.warns(UserWarning, match="invalid PixelSpacing"):
         img = LoadRadiograph()(path)
     assert img.meta["spacing_source"] == "ImagerPixelSpacing"
@@ -150,10 +153,9 @@ def test_dicom_rescale_slope_intercept_applied(tmp_path):
 
 def test_dicom_monochrome1_with_rescale(tmp_path):
     raster = _raster()
-    a = LoadRadiograph()(write_dicom(tmp_path / "a.dcm", raster, (0.1, 0.1), rescale_slope=2.0, rescale_intercept=10.0))
-    b = LoadRadiograph()(
-        write_dicom(tmp_path / "b.dcm", raster, (0.1, 0.1), photometric="MONOCHROME1", rescale_slope=2.0, rescale_intercept=10.0)
-    )
+    lut = {"rescale_slope": 2.0, "rescale_intercept": 10.0}
+    a = LoadRadiograph()(write_dicom(tmp_path / "a.dcm", raster, (0.1, 0.1), **lut))
+    b = LoadRadiograph()(write_dicom(tmp_path / "b.dcm", raster, (0.1, 0.1), photometric="MONOCHROME1", **lut))
     np.testing.assert_allclose(a.numpy(), b.numpy())
 
 

@@ -102,7 +102,12 @@ def _bilinear(arr: np.ndarray, points: np.ndarray) -> np.ndarray:
     return map_coordinates(arr.astype(np.float64), [points[:, 0], points[:, 1]], order=1, mode="nearest")
 
 
-CASES = [("hand_xray", (256, 256)), ("spine_aasce", (256, 256)), ("spine_aasce", (256, 512)), ("spine_aasce", (512, 256))]
+CASES = [
+    ("hand_xray", (256, 256)),
+    ("spine_aasce", (256, 256)),
+    ("spine_aasce", (256, 512)),  # (W, H): tall like the spine, little padding
+    ("spine_aasce", (512, 256)),  # wide: the spine fills the height, x is mostly padding
+]
 
 
 @pytest.mark.parametrize("dataset, size", CASES)
