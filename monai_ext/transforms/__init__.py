@@ -24,3 +24,4 @@ from monai_ext.transforms.dictionary import (
     RandLandmarkElasticd,
     RandLandmarkFlipd,
 )
+from monai_ext.transforms.mix import Mixup, mixup_loss

@@ -1,0 +1,55 @@
+"""Batch-level mixup (Zhang et al. 2018) as KNEEL uses it for landmark regression.
+
+Images are mixed, ``x = lam * x_i + (1 - lam) * x_perm(i)``; the landmark targets are *not* mixed
+(an average of two skeletons is not a skeleton): the loss is mixed instead,
+``lam * L(pred, y_i) + (1 - lam) * L(pred, y_perm(i))`` (:func:`mixup_loss`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["Mixup", "mixup_loss"]
+
+
+class Mixup:
+    """Mix a batch with a random permutation of itself, ``lam ~ Beta(alpha, alpha)``.
+
+    Args:
+        alpha: Beta distribution parameter (KNEEL: 0.75).
+        prob: probability of mixing a batch (otherwise ``lam = 1`` and the identity permutation).
+        seed: for reproducible draws.
+
+    ``__call__(images (B, C, *S))`` returns ``(mixed images, perm (B,), lam)``.
+    """
+
+    def __init__(self, alpha: float = 0.75, prob: float = 1.0, seed: int | None = None):
+        if alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {alpha}")
+        self.alpha = alpha
+        self.prob = prob
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        b = images.shape[0]
+        if b < 2 or self.rng.random() >= self.prob:
+            return images, torch.arange(b, device=images.device), 1.0
+        lam = float(self.rng.beta(self.alpha, self.alpha))
+        perm = torch.as_tensor(self.rng.permutation(b), device=images.device)
+        return lam * images + (1.0 - lam) * images[perm], perm, lam
+
+
+def mixup_loss(loss_fn: Callable[..., torch.Tensor], pred: Any, target: Any, perm: torch.Tensor, lam: float) -> torch.Tensor:
+    """``lam * loss(pred, target) + (1 - lam) * loss(pred, target[perm])``; ``target`` may be a tensor or a
+    tuple of tensors (e.g. ``(heatmaps, mask)`` or ``(landmarks, mask)``), each permuted along the batch."""
+
+    def permute(t: Any) -> Any:
+        return tuple(permute(x) for x in t) if isinstance(t, (tuple, list)) else t[perm]
+
+    if lam == 1.0:
+        return loss_fn(pred, target)
+    return lam * loss_fn(pred, target) + (1.0 - lam) * loss_fn(pred, permute(target))
