@@ -278,8 +278,8 @@ class LoadRadiograph(Transform):
         else:
             spacing, source = (1.0, 1.0), "none"
         affine = spacing_affine(spacing)
+        meta.pop("affine", None)  # given to MetaTensor below (avoids MONAI's "meta contains an affine" warning)
         meta.update(
-            affine=affine,
             original_affine=affine.clone(),
             spacing=np.asarray(spacing, dtype=np.float64),
             spacing_source=source,

@@ -19,25 +19,17 @@ from monai.networks.layers.factories import Act, Conv, Dropout, Norm
 
 from monai_ext.networks.hourglass import Hourglass, check_spatial_size, make_norm, make_stem
 
+from monai_ext.decoding import soft_argmax
+
 __all__ = ["MultiScaleResidual", "KneelHourglass"]
 
 
 def _soft_argmax(heatmaps: torch.Tensor, beta: torch.Tensor | float, stride: float) -> torch.Tensor:
-    """Differentiable argmax of ``heatmaps`` ``(B, K, *S)`` -> coordinates ``(B, K, len(S))`` in input pixels.
-
-    ``p = softmax(beta * heatmaps)`` over all spatial positions; coordinate ``d`` is ``sum(p * c_d)`` with
-    ``c_d = (index_d + 0.5) * stride - 0.5`` the input-pixel centre of each heatmap cell along dim ``d``.
-    """
-    b, k = heatmaps.shape[:2]
-    spatial = heatmaps.shape[2:]
-    prob = torch.softmax((heatmaps * beta).reshape(b, k, -1).float(), dim=-1).reshape(heatmaps.shape)
-    coords = []
-    for d, n in enumerate(spatial):
-        other = [2 + i for i in range(len(spatial)) if i != d]
-        marginal = prob.sum(dim=other) if other else prob  # (B, K, n)
-        centres = (torch.arange(n, device=heatmaps.device, dtype=prob.dtype) + 0.5) * stride - 0.5
-        coords.append((marginal * centres).sum(dim=-1))
-    return torch.stack(coords, dim=-1).to(heatmaps.dtype)
+    """Differentiable argmax of ``heatmaps`` ``(B, K, *S)`` -> coordinates ``(B, K, len(S))`` in input pixels:
+    :func:`monai_ext.decoding.soft_argmax` on the heatmap grid (computed in float32), mapped to the input with
+    the pixel-centre convention ``(index + 0.5) * stride - 0.5`` (exact: the mapping is linear)."""
+    coords = soft_argmax(heatmaps.float(), beta)
+    return ((coords + 0.5) * stride - 0.5).to(heatmaps.dtype)
 
 
 class MultiScaleResidual(nn.Module):
