@@ -1,0 +1,163 @@
+"""The adv_posenet bundle: its switches (supervised baseline, resume) and the last-stack selection of its outputs.
+
+Files, metadata and a 1-epoch training + inference run are covered for every bundle by ``tests/test_bundles.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.data import decollate_batch
+
+from monai_ext.transforms import SelectLast, SelectLastd
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "adv_posenet"
+CONFIGS = BUNDLE / "configs"
+
+
+# ------------------------------------------------------------------------------------------------
+# SelectLastd
+# ------------------------------------------------------------------------------------------------
+
+
+def test_select_last_takes_the_last_output_and_passes_tensors():
+    a, b = torch.zeros(2, 3, 4, 8), torch.ones(2, 3, 4, 8)
+    assert SelectLast()([a, b]) is b
+    assert SelectLast()((a, b)) is b
+    assert SelectLast()(a) is a
+    with pytest.raises(ValueError, match="empty"):
+        SelectLast()([])
+
+
+def test_select_lastd_after_decollation_and_on_a_batch():
+    stacks = [torch.randn(2, 6, 4, 8), torch.randn(2, 6, 4, 8)]
+    items = decollate_batch({"pred": stacks, "other": torch.arange(2)})
+    assert isinstance(items[0]["pred"], list)  # MONAI keeps the list of stacks per image
+    for i, item in enumerate(items):
+        out = SelectLastd("pred")(item)
+        assert out["pred"].shape == (6, 4, 8)
+        torch.testing.assert_close(out["pred"], stacks[-1][i])
+        assert out["other"] == i
+    batch = SelectLastd("pred")({"pred": stacks})  # decollate=False: the list holds batched tensors
+    assert batch["pred"] is stacks[-1]
+    single = torch.randn(6, 4, 8)  # a single-output network passes unchanged
+    assert SelectLastd("pred")({"pred": single})["pred"] is single
+    with pytest.raises(ValueError, match="'pred'"):
+        SelectLastd("pred")({"pred": []})
+    with pytest.raises(KeyError):
+        SelectLastd("pred")({"image": single})
+
+
+# ------------------------------------------------------------------------------------------------
+# configs
+# ------------------------------------------------------------------------------------------------
+
+
+def test_inference_network_and_input_size_match_training():
+    train = json.loads((CONFIGS / "train.json").read_text())
+    infer = json.loads((CONFIGS / "inference.json").read_text())
+    assert infer["network_def"] == train["network_def"]
+    assert infer["spatial_size"] == train["spatial_size"]
+    assert infer["decode_method"] == train["decode_method"]
+    multiple = train["network_def"]["stem_stride"] * 2 ** train["network_def"]["depth"]
+    assert all(s % multiple == 0 for s in train["spatial_size"])
+    quick = json.loads((CONFIGS / "quick.json").read_text())
+    multiple = train["network_def"]["stem_stride"] * 2 ** quick["network_def#depth"]
+    assert all(s % multiple == 0 for s in quick["spatial_size"])
+
+
+# ------------------------------------------------------------------------------------------------
+# training switches, on the quick config with one iteration per epoch
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("limbs") / "data"
+
+
+def _workflow(tmp: Path, dataset_dir: Path, **overrides) -> ConfigWorkflow:
+    wf = ConfigWorkflow(
+        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "quick.json")],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="train",
+        run_id="training",
+        bundle_root=str(BUNDLE),
+        ckpt_dir=str(tmp / "models"),
+        output_dir=str(tmp / "eval"),
+        dataset_dir=str(dataset_dir),
+        **{"train#trainer#epoch_length": 1, **overrides},
+    )
+    wf.initialize()
+    return wf
+
+
+def _params(net: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def _changed(before: list[torch.Tensor], net: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_adversarial_switch(adversarial: bool, tmp_path: Path, dataset_dir: Path):
+    wf = _workflow(tmp_path, dataset_dir, adversarial=adversarial)
+    parser: ConfigParser = wf.parser
+    trainer = parser.get_parsed_content("train#trainer")
+    generator = parser.get_parsed_content("network")
+    pose, conf = parser.get_parsed_content("pose_discriminator"), parser.get_parsed_content("confidence_discriminator")
+    assert (trainer.pose_discriminator is pose) is adversarial
+    assert (trainer.confidence_discriminator is conf) is adversarial
+    if not adversarial:
+        assert trainer.pose_discriminator is None and trainer.confidence_discriminator is None
+    g0, p0, c0 = _params(generator), _params(pose), _params(conf)
+
+    wf.run()
+    out = trainer.state.output
+    assert trainer.state.iteration == 1
+    assert _changed(g0, generator)
+    for key in ("d_P", "d_C", "adv_P", "adv_C"):
+        assert (float(out[key]) > 0) is adversarial, key
+    assert _changed(p0, pose) is adversarial
+    assert _changed(c0, conf) is adversarial
+    if not adversarial:
+        torch.testing.assert_close(out["loss"], out["mse"])
+    # the best model is a plain generator state dict; the resume checkpoint has the discriminators only when used
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert set(state) == set(generator.state_dict())
+    keys = set(torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True))
+    assert {"trainer", "generator", "g_optimizer"} <= keys
+    assert ({"pose_discriminator", "p_optimizer", "confidence_discriminator", "c_optimizer"} <= keys) is adversarial
+    wf.finalize()
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path: Path, dataset_dir: Path):
+    wf = _workflow(tmp_path, dataset_dir)
+    wf.run()
+    saved = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
+    wf.finalize()
+
+    wf = _workflow(tmp_path, dataset_dir, resume=True, max_epochs=2)
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    generator = wf.parser.get_parsed_content("network")
+    seen: dict[str, object] = {}
+
+    def first_iteration(engine):
+        if "epoch" not in seen:  # after the checkpoint loader (STARTED), before the first update
+            seen["epoch"] = engine.state.epoch
+            seen["weights"] = {k: v.clone() for k, v in generator.state_dict().items()}
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, first_iteration)
+    wf.run()
+    assert seen["epoch"] == 2, "training did not continue from the saved epoch"
+    assert trainer.state.epoch == 2 and trainer.state.iteration == 2
+    for k, v in saved["generator"].items():
+        torch.testing.assert_close(seen["weights"][k], v)
+    wf.finalize()
