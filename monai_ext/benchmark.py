@@ -1,0 +1,363 @@
+"""Measurement pieces of the benchmark harness (``scripts/benchmark.py``): step timers, memory peaks,
+latency statistics, detection-rate curves and machine information.
+
+Times are wall-clock seconds of :func:`time.perf_counter`; memory is in MiB (2**20 bytes).
+
+Step anatomy of an ignite engine (what :class:`IterationTimer` measures)::
+
+    GET_BATCH_STARTED -> next(dataloader) -> GET_BATCH_COMPLETED -> ITERATION_STARTED -> process -> ITERATION_COMPLETED
+    |<------------- wait_s (data) ------------>|<--------------------- compute_s --------------------------->|
+
+``step_s = wait_s + compute_s``; the data-wait fraction of a run is ``sum(wait_s) / sum(step_s)``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = [
+    "IterationTimer",
+    "PeakMemoryMonitor",
+    "RunTimer",
+    "StepTiming",
+    "StopAfterMinutes",
+    "count_images",
+    "detection_rate_curve",
+    "latency_stats",
+    "machine_info",
+    "source_revision",
+]
+
+MIB = 2**20
+
+
+def count_images(batch: Any, key: str = "image") -> int:
+    """Number of images in a batch: the first dimension of ``batch[key]`` for a collated dict (``batch[key]``
+    missing: of its first tensor), the length of a list of per-image dicts, 0 for an empty batch."""
+    if isinstance(batch, Mapping):
+        value = batch.get(key)
+        if value is None:
+            value = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0]) if value.ndim else 1
+        return len(value) if isinstance(value, Sequence) else 0
+    if isinstance(batch, (list, tuple)):
+        if batch and isinstance(batch[0], torch.Tensor):
+            return int(batch[0].shape[0])
+        return len(batch)
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    return 0
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """One engine iteration: its epoch, images, seconds waiting for the batch and seconds processing it."""
+
+    epoch: int
+    iteration: int
+    images: int
+    wait_s: float
+    compute_s: float
+
+    @property
+    def step_s(self) -> float:
+        return self.wait_s + self.compute_s
+
+
+class IterationTimer:
+    """Ignite handler recording a :class:`StepTiming` per iteration of the engine it is attached to.
+
+    Attach it *after* the workflow's own handlers so that its ``ITERATION_COMPLETED`` comes last and
+    ``compute_s`` includes the post-processing and the iteration handlers.
+
+    Args:
+        sync_cuda: call ``torch.cuda.synchronize()`` before reading the clock at the end of an iteration, so
+            queued GPU work is counted in the iteration that launched it.
+        count_fn: number of images of ``engine.state.batch`` (read at ``GET_BATCH_COMPLETED``).
+        clock: the time source (seconds).
+    """
+
+    def __init__(
+        self,
+        sync_cuda: bool = False,
+        count_fn: Callable[[Any], int] = count_images,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.sync_cuda = sync_cuda
+        self.count_fn = count_fn
+        self.clock = clock
+        self.steps: list[StepTiming] = []
+        self._fetch_started: float | None = None
+        self._fetch_completed: float | None = None
+        self._wait = 0.0
+        self._images = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._batch_started)
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._batch_completed)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+
+    def _batch_started(self, engine: Engine) -> None:
+        self._fetch_started = self.clock()
+
+    def _batch_completed(self, engine: Engine) -> None:
+        now = self.clock()
+        self._wait = now - self._fetch_started if self._fetch_started is not None else 0.0
+        self._fetch_completed = now
+        self._images = self.count_fn(engine.state.batch)
+
+    def _iteration_completed(self, engine: Engine) -> None:
+        if self.sync_cuda and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = self.clock()
+        start = self._fetch_completed if self._fetch_completed is not None else now
+        self.steps.append(StepTiming(int(engine.state.epoch), int(engine.state.iteration), self._images,
+                                     self._wait, now - start))
+        self._fetch_started = self._fetch_completed = None
+
+    def summary(self, skip_first_epoch: bool = True) -> dict[str, Any]:
+        """Throughput over the steady-state epochs (all but the first when more than one ran, unless
+        ``skip_first_epoch`` is False) and a per-epoch breakdown.
+
+        Returns ``{"images", "steps", "seconds", "images_per_s", "data_wait_fraction", "steady_epochs",
+        "per_epoch": [{"epoch", "images", "steps", "seconds", "wait_s", "images_per_s", "data_wait_fraction"}]}``.
+        """
+        epochs = sorted({s.epoch for s in self.steps})
+        steady = epochs[1:] if skip_first_epoch and len(epochs) > 1 else epochs
+        per_epoch = [_aggregate([s for s in self.steps if s.epoch == e]) | {"epoch": e} for e in epochs]
+        overall = _aggregate([s for s in self.steps if s.epoch in steady])
+        return overall | {"steady_epochs": steady, "per_epoch": per_epoch}
+
+
+def _aggregate(steps: Sequence[StepTiming]) -> dict[str, Any]:
+    images = sum(s.images for s in steps)
+    seconds = sum(s.step_s for s in steps)
+    wait = sum(s.wait_s for s in steps)
+    return {
+        "images": images,
+        "steps": len(steps),
+        "seconds": seconds,
+        "wait_s": wait,
+        "images_per_s": images / seconds if seconds > 0 else None,
+        "data_wait_fraction": wait / seconds if seconds > 0 else None,
+    }
+
+
+class RunTimer:
+    """Ignite handler recording the seconds of each ``engine.run()`` (``STARTED`` to ``COMPLETED``), e.g. of
+    an evaluator run once per training epoch."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.seconds: list[float] = []
+        self._start: float | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = self.clock()
+
+    def _completed(self, engine: Engine) -> None:
+        if self._start is not None:
+            self.seconds.append(self.clock() - self._start)
+            self._start = None
+
+
+class StopAfterMinutes:
+    """Ignite handler that ends the run at the first epoch end after ``minutes`` of running (whole epochs
+    only, unlike :class:`ignite.handlers.TimeLimit`, so epoch-level handlers such as validation still run)."""
+
+    def __init__(self, minutes: float, clock: Callable[[], float] = time.perf_counter) -> None:
+        if not minutes > 0:
+            raise ValueError(f"minutes must be positive, got {minutes}")
+        self.minutes = float(minutes)
+        self.clock = clock
+        self._start: float | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = self.clock()
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        if self._start is not None and self.clock() - self._start >= 60.0 * self.minutes:
+            engine.terminate()
+
+
+def _rss(process: Any) -> int:
+    try:
+        return int(process.memory_info().rss)
+    except Exception:  # the process ended between listing and reading it
+        return 0
+
+
+class PeakMemoryMonitor:
+    """Context manager sampling the resident memory of this process (and of its children: DataLoader
+    workers) in a background thread, plus the CUDA allocator peaks when CUDA is available.
+
+    ``result()`` gives ``{"peak_rss_mb", "peak_rss_with_children_mb", "peak_gpu_allocated_mb",
+    "peak_gpu_reserved_mb"}`` (GPU entries None without CUDA). The children's RSS is summed with the main
+    process's, so pages shared after ``fork`` are counted once per process (an upper bound).
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import psutil
+
+        self.interval = float(interval)
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.peak_rss = 0
+        self.peak_rss_with_children = 0
+        self.gpu_allocated: int | None = None
+        self.gpu_reserved: int | None = None
+
+    def sample(self) -> None:
+        own = _rss(self._process)
+        try:
+            children = self._process.children(recursive=True)
+        except Exception:
+            children = []
+        total = own + sum(_rss(c) for c in children)
+        self.peak_rss = max(self.peak_rss, own)
+        self.peak_rss_with_children = max(self.peak_rss_with_children, total)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> PeakMemoryMonitor:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self.sample()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="PeakMemoryMonitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            self.gpu_allocated = int(torch.cuda.max_memory_allocated())
+            self.gpu_reserved = int(torch.cuda.max_memory_reserved())
+
+    def result(self) -> dict[str, float | None]:
+        return {
+            "peak_rss_mb": self.peak_rss / MIB,
+            "peak_rss_with_children_mb": self.peak_rss_with_children / MIB,
+            "peak_gpu_allocated_mb": None if self.gpu_allocated is None else self.gpu_allocated / MIB,
+            "peak_gpu_reserved_mb": None if self.gpu_reserved is None else self.gpu_reserved / MIB,
+        }
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float | int]:
+    """``{"n", "median_ms", "p95_ms", "mean_ms", "min_ms", "max_ms"}`` of per-item durations in seconds
+    (p95 by linear interpolation, :func:`numpy.percentile`)."""
+    values = np.asarray(list(seconds), dtype=np.float64) * 1000.0
+    if values.size == 0:
+        raise ValueError("latency_stats needs at least one duration")
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError(f"durations must be finite and non-negative, got {values.tolist()}")
+    return {
+        "n": int(values.size),
+        "median_ms": float(np.median(values)),
+        "p95_ms": float(np.percentile(values, 95)),
+        "mean_ms": float(values.mean()),
+        "min_ms": float(values.min()),
+        "max_ms": float(values.max()),
+    }
+
+
+def detection_rate_curve(errors: Any, radii: Sequence[float]) -> list[float]:
+    """SDR/PCK (%) at each radius from radial errors ``(N, K)`` (as stored in ``metric_details``).
+
+    Same convention as :func:`monai_ext.metrics.distances.summarize_errors`: NaN (missing ground truth) is
+    excluded, ``+inf`` (failed prediction) counts as a miss. Empty (no ground truth at all) gives NaN.
+    """
+    errs = np.asarray(errors.detach().cpu() if isinstance(errors, torch.Tensor) else errors, dtype=np.float64)
+    valid = errs[~np.isnan(errs)]
+    if valid.size == 0:
+        return [float("nan") for _ in radii]
+    return [float(100.0 * np.count_nonzero(valid <= float(r)) / valid.size) for r in radii]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def source_revision(repo: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``{"commit", "dirty"}`` of the git checkout holding this package (None values outside git)."""
+    repo = Path(repo) if repo is not None else Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": bool(status.strip())}
+
+
+def machine_info(device: str | torch.device | None = None) -> dict[str, Any]:
+    """What ran the benchmark: CPU model and core counts, memory, OS, library versions, GPU, date (UTC)."""
+    import ignite
+    import monai
+    import psutil
+
+    cuda = torch.cuda.is_available()
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": _cpu_model(),
+        "cpu_count_logical": os.cpu_count(),
+        "cpu_count_physical": psutil.cpu_count(logical=False),
+        "cpu_affinity": affinity,
+        "torch_num_threads": torch.get_num_threads(),
+        "memory_total_gb": psutil.virtual_memory().total / 2**30,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "ignite": ignite.__version__,
+        "numpy": np.__version__,
+        "device": str(device) if device is not None else ("cuda:0" if cuda else "cpu"),
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "gpu_memory_gb": torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None,
+    }
+    info.update({f"git_{k}": v for k, v in source_revision().items()})
+    return info
+

@@ -1,0 +1,286 @@
+"""Benchmark harness: the measurement pieces on a plain ignite engine with a fake clock, then
+``scripts/benchmark.py run`` on the SCN bundle (quick.json, 2 epochs, a tiny DICOM datalist) and ``report``."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+
+from monai_ext.benchmark import (
+    IterationTimer,
+    PeakMemoryMonitor,
+    StopAfterMinutes,
+    count_images,
+    detection_rate_curve,
+    latency_stats,
+    machine_info,
+)
+from monai_ext.data.synthetic import write_dicom
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("benchmark_script", REPO / "scripts" / "benchmark.py")
+benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmark)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class TimedLoader:
+    """A sized re-iterable of ``n`` batches of ``batch`` images; each fetch advances the clock by ``fetch_s``
+    (the first fetch of the whole run by ``first_fetch_s``)."""
+
+    def __init__(self, clock: FakeClock, n: int, batch: int, fetch_s: float, first_fetch_s: float):
+        self.clock, self.n, self.batch, self.fetch_s, self.first_fetch_s = clock, n, batch, fetch_s, first_fetch_s
+        self.fetches = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            self.clock.t += self.first_fetch_s if self.fetches == 0 else self.fetch_s
+            self.fetches += 1
+            yield {"image": torch.zeros(self.batch, 1, 4, 4)}
+
+
+def _engine(clock: FakeClock, compute_s: float) -> Engine:
+    def step(engine, batch):
+        clock.t += compute_s
+
+    return Engine(step)
+
+
+def test_iteration_timer_splits_wait_and_compute_and_skips_the_first_epoch():
+    clock = FakeClock()
+    engine = _engine(clock, compute_s=3.0)
+    timer = IterationTimer(clock=clock)
+    timer.attach(engine)
+    engine.run(TimedLoader(clock, n=3, batch=2, fetch_s=1.0, first_fetch_s=9.0), max_epochs=3)
+
+    assert len(timer.steps) == 9
+    assert [s.images for s in timer.steps] == [2] * 9
+    assert timer.steps[0].wait_s == pytest.approx(9.0) and timer.steps[0].compute_s == pytest.approx(3.0)
+    summary = timer.summary()
+    assert summary["steady_epochs"] == [2, 3]
+    assert summary["images"] == 12 and summary["steps"] == 6
+    assert summary["images_per_s"] == pytest.approx(12 / 24)  # 6 steps of 1 s wait + 3 s compute
+    assert summary["data_wait_fraction"] == pytest.approx(0.25)
+    first = summary["per_epoch"][0]
+    assert first["epoch"] == 1 and first["seconds"] == pytest.approx(9 + 3 + 2 * 4)
+    assert timer.summary(skip_first_epoch=False)["images"] == 18
+
+
+def test_iteration_timer_single_epoch_is_its_own_steady_state():
+    clock = FakeClock()
+    engine = _engine(clock, compute_s=1.0)
+    timer = IterationTimer(clock=clock)
+    timer.attach(engine)
+    engine.run(TimedLoader(clock, n=2, batch=1, fetch_s=1.0, first_fetch_s=1.0), max_epochs=1)
+    summary = timer.summary()
+    assert summary["steady_epochs"] == [1]
+    assert summary["data_wait_fraction"] == pytest.approx(0.5)
+
+
+def test_stop_after_minutes_ends_at_an_epoch_boundary():
+    clock = FakeClock()
+    engine = _engine(clock, compute_s=20.0)  # 3 iterations: 60 s per epoch
+    StopAfterMinutes(1.5, clock=clock).attach(engine)
+    engine.run(TimedLoader(clock, n=3, batch=1, fetch_s=0.0, first_fetch_s=0.0), max_epochs=10)
+    assert engine.state.epoch == 2 and engine.state.iteration == 6
+    with pytest.raises(ValueError, match="positive"):
+        StopAfterMinutes(0)
+
+
+def test_count_images():
+    assert count_images({"image": torch.zeros(3, 1, 8, 8), "landmarks": torch.zeros(3, 2, 2)}) == 3
+    assert count_images({"pred": torch.zeros(5, 2)}) == 5
+    assert count_images([{"image": 0}, {"image": 1}]) == 2
+    assert count_images(torch.zeros(4, 1)) == 4
+    assert count_images(None) == 0
+
+
+def test_latency_stats_and_detection_rate_curve():
+    stats = latency_stats([k / 1000 for k in range(1, 101)])
+    assert stats["n"] == 100
+    assert stats["median_ms"] == pytest.approx(50.5)
+    assert stats["p95_ms"] == pytest.approx(95.05)
+    assert stats["min_ms"] == pytest.approx(1.0) and stats["max_ms"] == pytest.approx(100.0)
+    with pytest.raises(ValueError):
+        latency_stats([])
+    # NaN (no ground truth) excluded, +inf (failed prediction) is a miss
+    rates = detection_rate_curve(torch.tensor([[1.0, math.nan], [math.inf, 3.0]]), [0.0, 1.0, 3.0, 10.0])
+    np.testing.assert_allclose(rates, [0.0, 100 / 3, 200 / 3, 200 / 3])
+    assert all(math.isnan(r) for r in detection_rate_curve(np.full((2, 2), np.nan), [1.0, 2.0]))
+
+
+def test_peak_memory_monitor_sees_an_allocation():
+    with PeakMemoryMonitor(interval=0.01) as monitor:
+        before = monitor.peak_rss
+        block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, touched
+    assert block.sum() > 0
+    result = monitor.result()
+    assert result["peak_rss_mb"] * 2**20 >= before + 32 * 2**20
+    assert result["peak_rss_with_children_mb"] >= result["peak_rss_mb"]
+
+
+def test_machine_info_fields():
+    info = machine_info("cpu")
+    for key in ("cpu_model", "cpu_count_logical", "torch", "monai", "device", "date", "git_commit"):
+        assert key in info
+    assert info["device"] == "cpu" and info["cpu_count_logical"] >= 1
+    datetime.datetime.fromisoformat(info["date"])
+
+
+def test_run_rejects_bad_arguments(tmp_path: Path):
+    with pytest.raises(ValueError, match="--epochs"):
+        benchmark.run(bundle="scn", out=str(tmp_path / "x.json"))
+    with pytest.raises(ValueError, match="never go into"):
+        benchmark.run(bundle="scn", epochs=1, workdir=str(REPO / "bundles" / "scn" / "bench"),
+                      out=str(tmp_path / "x.json"))
+    with pytest.raises(FileNotFoundError, match="not a bundle"):
+        benchmark.run(bundle="no_such_bundle", epochs=1)
+    with pytest.raises(ValueError, match="JSON object"):
+        benchmark.run(bundle="scn", epochs=1, overrides="[1, 2]")
+    assert not (tmp_path / "x.json").exists()
+
+
+def _tiny_datalist(folder: Path) -> Path:
+    """4 / 2 / 2 small DICOMs (spacing 0.5 x 0.4 mm) with 3 bright-blob landmarks each."""
+    rng = np.random.default_rng(0)
+    h, w, k = 40, 48, 3
+    yy, xx = np.mgrid[0:h, 0:w]
+    doc = {"name": "tiny_blobs", "landmarks": [f"L{i}" for i in range(k)], "spacing_mode": "image"}
+    for split, n in (("training", 4), ("validation", 2), ("test", 2)):
+        doc[split] = []
+        for i in range(n):
+            points = np.stack([rng.uniform(8, w - 8, k), rng.uniform(8, h - 8, k)], axis=1)
+            raster = 0.1 * rng.random((h, w))
+            for x, y in points:
+                raster += np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8.0)
+            name = f"images/{split}_{i}.dcm"
+            write_dicom(folder / name, np.clip(raster, 0, 1), (0.5, 0.4))
+            doc[split].append({"image": name, "landmarks": points.tolist()})
+    path = folder / "datalist.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    datalist = _tiny_datalist(root / "data")
+    out = benchmark.run(
+        bundle="scn",
+        datalist=str(datalist),
+        epochs=2,
+        config="quick",
+        overrides='{"spatial_size": [32, 32]}',
+        out=str(root / "runs" / "tiny_scn.json"),
+        workdir=str(root / "work"),
+        latency_images=2,
+        warmup=1,
+        batch_size=1,
+    )
+    return Path(out)
+
+
+def _strict_json(path: Path) -> dict:
+    def no_constant(name):
+        raise AssertionError(f"{path}: non-standard JSON constant {name}")
+
+    return json.loads(path.read_text(), parse_constant=no_constant)
+
+
+@pytest.mark.slow
+def test_run_records_every_field(bench_run: Path):
+    doc = _strict_json(bench_run)
+    assert doc["schema"] == benchmark.SCHEMA and doc["name"] == "tiny_scn" and doc["bundle"] == "scn"
+    assert "--epochs 2" in doc["command"] and "--config quick" in doc["command"]
+    datetime.datetime.fromisoformat(doc["date"])
+    m = doc["machine"]
+    assert m["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu") and m["torch"] == torch.__version__
+    assert doc["dataset"] == {"name": "tiny_blobs", "datalist": str(bench_run.parent.parent / "data" / "datalist.json"),
+                              "num_landmarks": 3, "n_training": 4, "n_validation": 2, "n_test": 2}
+    s = doc["settings"]
+    assert s["spatial_size"] == [32, 32] and s["max_epochs"] == 2 and s["overrides"] == {"spatial_size": [32, 32]}
+
+    tr = doc["training"]
+    assert tr["epochs_run"] == 2 and tr["steady_epochs"] == [2] and len(tr["per_epoch"]) == 2
+    assert tr["images"] == 4 and tr["images_per_s"] > 0 and tr["wall_s"] > tr["seconds"] > 0
+    assert 0 <= tr["data_wait_fraction"] <= 1
+    assert len(tr["validation_s"]) == 2 and all(t > 0 for t in tr["validation_s"])
+    assert tr["peak_rss_mb"] > 0 and tr["peak_rss_with_children_mb"] >= tr["peak_rss_mb"]
+    assert (tr["peak_gpu_allocated_mb"] is not None) == torch.cuda.is_available()
+
+    val = doc["validation"]
+    assert val["key_metric"] == "val_mre" and val["metric_kind"] == "sdr" and val["unit"] == "mm"
+    radii = [2, 2.5, 3, 4, 10, 20]
+    assert set(val["metrics"]) == {"val_mre"} | {f"val_sdr{r:g}" for r in radii}
+    summary = val["summary"]
+    assert summary["mre"] == pytest.approx(val["metrics"]["val_mre"]) and summary["mre"] > 0
+    assert list(summary["sdr"]) == [f"{r:g}" for r in radii]
+    assert [e["name"] for e in summary["per_landmark"]] == ["L0", "L1", "L2"]
+    assert summary["n_images"] == 2 and val["best_metric_epoch"] in (1, 2)
+    curve = val["curve"]
+    assert len(curve["radii"]) == len(curve["rate"]) == benchmark.CURVE_POINTS
+    assert curve["radii"][-1] == pytest.approx(20) and np.all(np.diff(curve["rate"]) >= 0)
+    for r in radii:  # the curve and the evaluator agree at the reported radii
+        i = int(np.argmin(np.abs(np.array(curve["radii"]) - r)))
+        if abs(curve["radii"][i] - r) < 1e-9:
+            assert curve["rate"][i] == pytest.approx(summary["sdr"][f"{r:g}"])
+
+    inf = doc["inference"]
+    devices = {"cpu"} | ({"cuda"} if torch.cuda.is_available() else set())
+    assert set(inf["latency"]) == devices
+    for lat in inf["latency"].values():
+        assert lat["n"] == 2 and len(lat["images_ms"]) == 2 and len(lat["warmup_ms"]) == 1 and lat["failed"] == 0
+        assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p95_ms"] <= lat["max_ms"]
+    thr = inf["throughput"]
+    assert thr["images"] == 2 and thr["batch_size"] == 1 and thr["failed"] == 0
+    assert thr["images_per_s"] > 0 and thr["steady_images_per_s"] > 0 and thr["first_batch_s"] > 0
+    assert 0 <= thr["data_wait_fraction"] <= 1
+
+
+@pytest.mark.slow
+def test_report_writes_table_row_and_plots(bench_run: Path, tmp_path: Path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "tiny_scn.json").write_text(bench_run.read_text())
+    (runs / "datalist.json").write_text(json.dumps({"name": "not a run", "training": []}))  # ignored
+    out = Path(benchmark.report(runs=str(runs), out=str(tmp_path / "docs" / "benchmarks.md")))
+    text = out.read_text()
+    lines = text.splitlines()
+    header = "| " + " | ".join(benchmark.TABLE_HEADER) + " |"
+    assert header in lines
+    rows = [line for line in lines if line.startswith("| tiny_scn |")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split(" | ")]
+    assert len(cells) == len(benchmark.TABLE_HEADER)
+    assert cells[1:5] == ["scn", "tiny_blobs", "32×32", "2"]
+    assert cells[10].startswith("SDR@2/4/10 mm:") and "cpu " in cells[11]
+    assert "from 1 run file(s)" in text
+    links = [line.split("](", 1)[1].rstrip(")") for line in lines if line.startswith("![")]
+    assert sorted(links) == ["benchmarks/tiny_scn_detection.png", "benchmarks/tiny_scn_landmarks.png"]
+    for link in links:
+        assert (out.parent / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_without_runs_says_so(tmp_path: Path):
+    (tmp_path / "runs").mkdir()
+    out = Path(benchmark.report(runs=str(tmp_path / "runs"), out=str(tmp_path / "benchmarks.md")))
+    text = out.read_text()
+    assert "No benchmark run recorded yet" in text and "| run |" not in text
