@@ -310,7 +310,7 @@ def test_truncated_file(tmp_path, fmt):
 
 @pytest.mark.parametrize("fmt", ["png", "dicom", "nifti"])
 def test_tiny_image(tmp_path, fmt):
-    path, _, _ = _write(fmt, tmp_path / "tiny", np.full((8, 8), 0.5))
+    path, _, _ = _write(fmt, tmp_path / "tiny", np.linspace(0.1, 0.9, 64).reshape(8, 8))
     with pytest.raises(LandmarkDataError, match=f"{path.name}.*8x8.*minimum 16"):
         LoadRadiograph()(path)
     assert tuple(LoadRadiograph(min_size=8)(path).shape) == (1, 8, 8)
@@ -399,3 +399,28 @@ def test_fuzz_corrupted_valid_files(fmt, flips, keep):
             assert str(e).startswith(str(path))
         else:
             assert arr.ndim == 2 and arr.dtype == np.float32 and np.isfinite(arr).all()
+
+
+def test_blank_image_is_rejected_naming_the_file(tmp_path):
+    from PIL import Image
+
+    from monai_ext.data.readers import read_radiograph
+    from monai_ext.errors import LandmarkDataError
+
+    path = tmp_path / "blank.png"
+    Image.fromarray(np.zeros((40, 30), dtype=np.uint8)).save(path)
+    with pytest.raises(LandmarkDataError, match=r"blank\.png: blank image"):
+        read_radiograph(path)
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from monai_ext.utils import atomic_write
+
+    with atomic_write(tmp_path / "x.json") as f:
+        f.write("{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode) == 0o666 & ~umask

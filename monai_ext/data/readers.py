@@ -85,7 +85,7 @@ def _read_dicom(path: str) -> tuple[np.ndarray, dict]:
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as e:
-        raise LandmarkDataError(f"{path}: not a DICOM file ({e})") from e
+        raise LandmarkDataError(f"{path}: not a DICOM file (no DICOM preamble/file meta header)") from e
     except Exception as e:  # truncated or garbled files raise many kinds of errors
         raise LandmarkDataError(f"{path}: unreadable DICOM ({type(e).__name__}: {e})") from e
     if "PixelData" not in ds:
@@ -177,8 +177,8 @@ def read_radiograph(path: str | os.PathLike, min_size: int = 16) -> tuple[np.nda
         or ``None``, ``spacing_source`` (tag name, ``"nifti"`` or ``None``) and ``format``.
 
     Raises:
-        LandmarkDataError: missing/unreadable file, no pixel data, not 2D, NaN/inf pixels, smaller than
-            ``min_size`` pixels along an axis. The message starts with the file name.
+        LandmarkDataError: missing/unreadable file, no pixel data, not 2D, NaN/inf pixels, a blank (constant)
+            image, smaller than ``min_size`` pixels along an axis. The message starts with the file name.
     """
     path = str(path)
     if not os.path.isfile(path):
@@ -205,6 +205,8 @@ def read_radiograph(path: str | os.PathLike, min_size: int = 16) -> tuple[np.nda
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise LandmarkDataError(f"{path}: {bad} pixel value(s) are NaN or infinite")
+    if arr.min() == arr.max():
+        raise LandmarkDataError(f"{path}: blank image (every pixel is {float(arr.flat[0]):g})")
     return arr, meta
 
 

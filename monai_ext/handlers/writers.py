@@ -39,6 +39,9 @@ class LandmarkPredictionWriter:
     ``<output_dir>/<name>.json`` and ``.csv`` atomically when the run completes (format:
     :mod:`monai_ext.data.predictions`); draw the first ``num_overlays`` images with their predictions
     (and ground truth when the batch has ``landmarks``) into ``<output_dir>/overlays/``.
+
+    Images that could not be loaded (see :mod:`monai_ext.data.dataset`) become entries with an ``error``
+    (the message names the file and the reason), in input order among the predictions.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class LandmarkPredictionWriter:
         self.num_overlays = num_overlays
         self.image_key, self.pred_key, self.confidence_key, self.gt_key = image_key, pred_key, confidence_key, gt_key
         self.records: list[dict] = []
+        self._num_drawn = 0
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
@@ -67,14 +71,19 @@ class LandmarkPredictionWriter:
 
     def reset(self, engine: Engine | None = None) -> None:
         self.records = []
+        self._num_drawn = 0
 
     def collect(self, engine: Engine) -> None:
+        """Add this iteration's predictions and, in input order among them, its failed items: the
+        ``engine.state.failed_items`` (``[{"image", "error", "position"}]``) left by
+        :func:`~monai_ext.engines.skip_failed.skip_failed_items`, written as error entries."""
         batch = engine.state.batch
         batch_items = _items(batch) if isinstance(batch, list) else None
+        records: list[tuple[dict, Any]] = []
         for i, item in enumerate(_items(engine.state.output)):
             image = item.get(self.image_key)
             meta = getattr(image, "meta", {}) or {}
-            filename = str(meta.get("filename_or_obj", f"image_{len(self.records)}"))
+            filename = str(meta.get("filename_or_obj", f"image_{len(self.records) + len(records)}"))
             source = str(meta.get("spacing_source", ""))
             spacing = _numpy(meta.get("spacing")) if source != "none" else None
             record = make_prediction_record(
@@ -85,18 +94,28 @@ class LandmarkPredictionWriter:
                 spacing_source=source,
                 landmark_names=self.landmark_names,
             )
+            gt = item.get(self.gt_key)
+            if gt is None and batch_items is not None and i < len(batch_items):
+                gt = batch_items[i].get(self.gt_key)
+            records.append((record, (filename, _numpy(item[self.pred_key]), _numpy(gt))))
+        failed = getattr(engine.state, "failed_items", None) or []
+        for f in sorted(failed, key=lambda f: f["position"]):  # positions in the loader's batch
+            records.insert(min(f["position"], len(records)), (make_prediction_record(f["image"], error=f["error"]), None))
+        for record, overlay in records:
             self.records.append(record)
-            if len(self.records) <= self.num_overlays:
-                gt = item.get(self.gt_key)
-                if gt is None and batch_items is not None and i < len(batch_items):
-                    gt = batch_items[i].get(self.gt_key)
+            if overlay is not None and self._num_drawn < self.num_overlays:
+                filename, pred, gt = overlay
                 out = self.output_dir / "overlays" / f"{len(self.records) - 1:04d}_{Path(filename).stem}.png"
-                save_overlay(filename, _numpy(item[self.pred_key]), out, gt=_numpy(gt))
+                save_overlay(filename, pred, out, gt=gt)
+                self._num_drawn += 1
 
     def write(self, engine: Engine | None = None) -> None:
         js = write_predictions_json(self.records, self.output_dir / f"{self.name}.json", landmark_names=self.landmark_names)
         write_predictions_csv(self.records, self.output_dir / f"{self.name}.csv")
-        self.logger.info(f"wrote {len(self.records)} predictions to {js} and .csv")
+        failed = [r for r in self.records if r.get("error")]
+        self.logger.info(f"wrote {len(self.records)} predictions to {js} and .csv ({len(failed)} failed)")
+        for r in failed:
+            self.logger.warning(f"no prediction for {r['image']}: {r['error']}")
 
 
 class LandmarkMetricsWriter:

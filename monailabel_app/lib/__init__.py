@@ -1,0 +1,1 @@
+"""Tasks of the MONAI Label app that serves the landmark bundles (``bundles/*``)."""
