@@ -2,3 +2,11 @@
 
 from monai_ext.engines.prepare_batch import PrepareLandmarkBatch
 from monai_ext.engines.adversarial import AdversarialPoseEvents, AdversarialPoseTrainer, checkpoint_objects
+from monai_ext.engines.kneel import (
+    LandmarkGroupSummaryWriter,
+    MixupTrainer,
+    PrepareTwoStageBatch,
+    TwoStageInferer,
+    init_from_checkpoint,
+    require_checkpoints,
+)

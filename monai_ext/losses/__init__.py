@@ -2,3 +2,4 @@
 
 from monai_ext.losses.heatmap import HeatmapMSELoss, LearnableSigmaHeatmapLoss, gaussian_heatmaps
 from monai_ext.losses.adversarial import MaskedBCEWithLogits, confidence_fake_targets, pose_fake_targets
+from monai_ext.losses.wing import WingLoss, wing

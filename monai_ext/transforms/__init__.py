@@ -26,3 +26,12 @@ from monai_ext.transforms.dictionary import (
 )
 from monai_ext.transforms.mix import Mixup, mixup_loss
 from monai_ext.transforms.select import SelectLast, SelectLastd
+from monai_ext.transforms.roi import (
+    LandmarkGroupCentresd,
+    LandmarkGroups,
+    RandRoiCropsd,
+    ResampleToSpacingd,
+    RoiCropsd,
+    RoiResample,
+    roi_affine,
+)

@@ -1,0 +1,148 @@
+"""KNEEL workflow pieces: mixup inside the training iteration, stage-2 initialisation from stage-1 weights,
+per-group reports, the two-stage batch."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from monai.data import DataLoader, Dataset, MetaTensor
+from ignite.engine import Events
+from monai.transforms import RandCoarseDropoutd
+
+from monai_ext.engines import (
+    LandmarkGroupSummaryWriter,
+    MixupTrainer,
+    PrepareLandmarkBatch,
+    PrepareTwoStageBatch,
+    init_from_checkpoint,
+)
+from monai_ext.engines.kneel import MixedTarget
+from monai_ext.losses import WingLoss
+from monai_ext.networks import KneelHourglass
+from monai_ext.transforms import LandmarkGroups, Mixup, mixup_loss
+
+
+class _Constant(torch.nn.Module):
+    """Predicts the same points for every image (so the loss of a batch is easy to recompute)."""
+
+    def __init__(self, k: int = 3):
+        super().__init__()
+        self.points = torch.nn.Parameter(torch.arange(2.0 * k).reshape(k, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.points[None].expand(x.shape[0], -1, -1) + 0.0 * x.mean()
+
+
+def test_mixup_trainer_mixes_images_and_the_loss_not_the_targets():
+    torch.manual_seed(0)
+    images = [torch.full((1, 8, 8), float(i)) for i in range(4)]
+    targets = torch.rand(4, 3, 2) * 8
+    targets[1, 2] = float("nan")  # a missing landmark travels with its image
+    data = [{"image": images[i], "landmarks": targets[i]} for i in range(4)]
+    net = _Constant()
+    seen = {}
+
+    def record(engine):
+        seen["output"] = engine.state.output
+        seen["batch"] = engine.state.batch
+
+    loss = WingLoss()
+    trainer = MixupTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=DataLoader(Dataset(data), batch_size=4, shuffle=False),
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.0),
+        loss_function=loss,
+        prepare_batch=PrepareLandmarkBatch(),
+        mixup=Mixup(alpha=0.75, seed=1),
+        decollate=False,
+    )
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
+    trainer.run()
+    out = seen["output"]
+    label = out["label"]
+    assert isinstance(label, MixedTarget) and 0.0 < label.lam < 1.0
+    perm, lam = label.perm, label.lam
+    torch.testing.assert_close(label.target, targets, equal_nan=True)  # the targets are not mixed...
+    expected_images = lam * torch.arange(4.0) + (1 - lam) * perm.float()
+    torch.testing.assert_close(out["image"][:, 0, 0, 0], expected_images)  # ...the images are
+    pred = net(out["image"]).detach()
+    want = lam * loss(pred, targets) + (1 - lam) * loss(pred, targets[perm])
+    torch.testing.assert_close(out["loss"], want)
+    torch.testing.assert_close(out["loss"], mixup_loss(loss, pred, targets, perm, lam))
+
+
+def test_cutout_keeps_landmark_targets():
+    d = {"image": MetaTensor(torch.ones(1, 64, 64)), "landmarks": torch.tensor([[10.0, 20.0], [float("nan")] * 2])}
+    t = RandCoarseDropoutd("image", holes=1, max_holes=1, spatial_size=(14, 14), max_spatial_size=(20, 20), fill_value=0.0, prob=1.0)
+    t.set_random_state(3)
+    out = t(dict(d))
+    torch.testing.assert_close(out["landmarks"], d["landmarks"], equal_nan=True)
+    assert 0.05 - 1e-6 <= float((out["image"] == 0).float().mean()) <= 0.1 + 1e-6  # 5-10 % of the image
+
+
+def test_stage2_initialised_from_stage1_copies_every_matching_tensor(tmp_path):
+    torch.manual_seed(0)
+    stage1 = KneelHourglass(2, 1, out_channels=2, base_width=4, depth=2)
+    with torch.no_grad():
+        for p in stage1.parameters():
+            p.add_(1.0)  # distinguishable from a fresh initialisation
+    stage1.mixer[1].branches[0][0].running_mean.fill_(0.5)
+    path = tmp_path / "model.pt"
+    torch.save(stage1.state_dict(), path)
+    stage2 = KneelHourglass(2, 1, out_channels=8, base_width=4, depth=2)
+    head_before = stage2.head.weight.detach().clone()
+    copied, kept = init_from_checkpoint(stage2, path)
+    assert sorted(kept) == ["head.bias", "head.weight"]  # K differs: the output layer keeps its initialisation
+    s1, s2 = stage1.state_dict(), stage2.state_dict()
+    assert set(copied) == set(s2) - {"head.bias", "head.weight"}
+    for name in copied:
+        torch.testing.assert_close(s2[name], s1[name])  # buffers (BN statistics, beta) included
+    torch.testing.assert_close(stage2.head.weight, head_before)
+
+    # a checkpoint saved as {"model": state_dict} loads the same way; a missing one names what to do
+    torch.save({"model": stage1.state_dict()}, tmp_path / "wrapped.pt")
+    again = KneelHourglass(2, 1, out_channels=8, base_width=4, depth=2)
+    assert len(init_from_checkpoint(again, tmp_path / "wrapped.pt")[0]) == len(copied)
+    with pytest.raises(FileNotFoundError, match="training_stage1"):
+        init_from_checkpoint(again, tmp_path / "missing.pt")
+
+
+def test_group_summary_writer_reports_each_group(tmp_path):
+    groups = LandmarkGroups([[0, 1], [2, 3]], names=["right_knee", "left_knee"])
+    errors = torch.tensor([[0.5, 1.2, 3.0, float("nan")], [2.0, 4.5, float("inf"), 6.0]])
+    writer = LandmarkGroupSummaryWriter(tmp_path, "val_mre", groups, ["a_R", "b_R", "a_L", "b_L"], radii=[1, 2, 5])
+
+    class _State:
+        metric_details = {"val_mre": errors}
+
+    class _Engine:
+        state = _State()
+
+    writer(_Engine())
+    doc = json.loads((tmp_path / "groups.json").read_text())
+    right, left = doc["right_knee"], doc["left_knee"]
+    assert right["mre"] == pytest.approx((0.5 + 1.2 + 2.0 + 4.5) / 4)
+    assert right["sdr"] == {"1": 25.0, "2": 75.0, "5": 100.0}
+    assert [e["name"] for e in right["per_landmark"]] == ["a_R", "b_R"]
+    # left: one missing ground truth (excluded), one failed detection (a miss, not in the mean)
+    assert left["n_points"] == 3 and left["n_failed"] == 1 and left["mre"] == pytest.approx(4.5)
+    assert left["sdr"]["5"] == pytest.approx(100.0 / 3)
+    with pytest.raises(KeyError, match="val_other"):
+        LandmarkGroupSummaryWriter(tmp_path, "val_other", groups)(_Engine())
+
+
+def test_prepare_two_stage_batch():
+    affine = torch.diag(torch.tensor([2.0, 2.0, 1.0, 1.0], dtype=torch.float64))
+    image = MetaTensor(torch.zeros(1, 1, 8, 8), affine=affine)
+    original = MetaTensor(torch.zeros(1, 1, 20, 16))
+    inputs, target, args, kwargs = PrepareTwoStageBatch()({"image": image, "image_original": original, "landmarks": torch.zeros(1, 4, 2)})
+    assert inputs.shape == (1, 1, 8, 8) and target.shape == (1, 4, 2) and args == ()
+    assert len(kwargs["originals"]) == 1 and kwargs["originals"][0].shape == (1, 20, 16)
+    assert kwargs["affines"].shape == (1, 4, 4) and math.isclose(float(kwargs["affines"][0, 0, 0]), 2.0)
+    with pytest.raises(KeyError, match="CopyItemsd"):
+        PrepareTwoStageBatch()({"image": image})
