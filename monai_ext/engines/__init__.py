@@ -2,6 +2,16 @@
 
 from monai_ext.engines.prepare_batch import PrepareLandmarkBatch
 from monai_ext.engines.adversarial import AdversarialPoseEvents, AdversarialPoseTrainer, checkpoint_objects
+from monai_ext.engines.interactive import (
+    InteractiveCurveWriter,
+    InteractiveKeypointEvaluator,
+    IterativeHintInferer,
+    LossTermsToOutput,
+    MorphologyWarmup,
+    PrepareInteractiveBatch,
+    click_protocol,
+    select_worst_landmark,
+)
 from monai_ext.engines.kneel import (
     LandmarkGroupSummaryWriter,
     MixupTrainer,

@@ -4,3 +4,4 @@ from monai_ext.networks.discriminators import ConfidenceDiscriminator, PoseDiscr
 from monai_ext.networks.hourglass import StackedHourglass
 from monai_ext.networks.kneel import KneelHourglass
 from monai_ext.networks.scn import SpatialConfigurationNet
+from monai_ext.networks.hrnet import HRNet

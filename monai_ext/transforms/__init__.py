@@ -26,6 +26,15 @@ from monai_ext.transforms.dictionary import (
 )
 from monai_ext.transforms.mix import Mixup, mixup_loss
 from monai_ext.transforms.select import SelectLast, SelectLastd
+from monai_ext.transforms.hints import (
+    ApplyClicksd,
+    ClicksToHintsd,
+    RandClickSimulationd,
+    attach_clicks,
+    click_count_probabilities,
+    encode_hints,
+    parse_clicks,
+)
 from monai_ext.transforms.roi import (
     LandmarkGroupCentresd,
     LandmarkGroups,

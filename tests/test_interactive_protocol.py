@@ -1,0 +1,242 @@
+"""The simulated-user click protocol (Kim et al. 2022, Fig. 4): the worst landmark is clicked each round, manual
+revision sets exactly the clicked landmarks, the evaluator carries clicks to the network's pixels and back, the
+writer reports both curves; the bundle's inference takes clicks in original pixels."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from monai.data import DataLoader, Dataset
+from monai.transforms import Compose, ScaleIntensityRanged
+
+from monai_ext.data import LoadRadiographd, load_datalist
+from monai_ext.data.synthetic import generate_dataset
+from monai_ext.engines.interactive import (
+    InteractiveCurveWriter,
+    InteractiveKeypointEvaluator,
+    click_protocol,
+    select_worst_landmark,
+)
+from monai_ext.transforms import EnsureLandmarksd, FitToShaped
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "interactive_kp"
+
+
+def test_select_worst_landmark():
+    errors = torch.tensor([[1.0, 5.0, 3.0, math.nan], [2.0, 2.0, 1.0, 0.5], [math.inf, 9.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
+    clicked = torch.zeros(4, 4, dtype=torch.bool)
+    clicked[3] = True
+    assert select_worst_landmark(errors, clicked).tolist() == [1, 0, 0, -1]  # ties: lowest index; inf is worst
+    clicked[0, 1] = True
+    assert select_worst_landmark(errors, clicked)[0] == 2  # clicked and missing landmarks are never picked
+
+
+def _setup():
+    gt = torch.tensor([[[0.0, 0.0], [10.0, 0.0], [20.0, 0.0], [30.0, 0.0], [math.nan, math.nan]]])
+    initial = gt + torch.tensor([[[1.0, 0.0], [0.0, 4.0], [3.0, 0.0], [0.0, -2.0], [0.0, 0.0]]])
+    return gt, initial
+
+
+def test_click_protocol_clicks_the_worst_landmark_each_round():
+    gt, initial = _setup()
+    seen = []
+
+    def predict(clicked: torch.Tensor, r: int) -> torch.Tensor:
+        # a model that fixes the clicked landmarks and, from round 2 on, makes landmark 0 the worst
+        seen.append(clicked.clone())
+        out = initial.clone()
+        out[clicked] = gt[clicked]
+        if r >= 2:
+            out[0, 0] = gt[0, 0] + torch.tensor([9.0, 0.0])
+        return out
+
+    res = click_protocol(predict, initial, gt, num_clicks=4)
+    assert res["model"].shape == (1, 5, 5, 2) and res["errors_model"].shape == (1, 5, 5)
+    # model: worst of the current prediction: 1 (err 4), 2 (err 3), then 0 (err 9 after round 2), then 3
+    assert res["clicks_model"][0].tolist() == [1, 2, 0, 3]
+    assert [int(c.sum()) for c in seen] == [1, 2, 3, 4]  # cumulative clicks go to the model
+    # manual: the initial errors in decreasing order: 1 (4), 2 (3), 3 (2), 0 (1); the missing landmark never
+    assert res["clicks_manual"][0].tolist() == [1, 2, 3, 0]
+    np.testing.assert_allclose(res["errors_manual"][0, :, :4].sum(-1).numpy(), [10.0, 6.0, 3.0, 1.0, 0.0])
+    assert torch.isnan(res["errors_model"][0, :, 4]).all()
+
+
+def test_manual_revision_sets_exactly_the_clicked_landmarks():
+    gt, initial = _setup()
+    res = click_protocol(lambda clicked, r: initial.clone(), initial, gt, num_clicks=3, enforce_clicks=False)
+    manual = res["manual"][0]
+    for r in range(1, 4):
+        clicked = res["clicks_manual"][0, :r]
+        assert torch.equal(manual[r, clicked], gt[0, clicked].double())  # exactly the click
+        others = [k for k in range(4) if k not in clicked.tolist()]
+        assert torch.equal(manual[r, others], initial[0, others].double())  # untouched
+    # without enforcement, a model that ignores hints stays where it was
+    assert torch.equal(res["model"][0, 3, :4], initial[0, :4].double())
+    res = click_protocol(lambda clicked, r: initial.clone(), initial, gt, num_clicks=3, enforce_clicks=True)
+    assert torch.equal(res["errors_model"][0, 3, :4], res["errors_manual"][0, 3, :4])
+
+
+class HintEcho(nn.Module):
+    """A stand-in network whose sigmoid heatmaps are its hint maps: clicked landmarks are found at the click."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.logit(x[:, 1 : 1 + self.k].clamp(1e-6, 1 - 1e-6)) + self.dummy
+
+
+@pytest.fixture(scope="module")
+def spine_data(tmp_path_factory) -> Path:
+    return generate_dataset("spine", tmp_path_factory.mktemp("spine"), n_train=0, n_val=2, n_test=2, seed=3)
+
+
+def test_evaluator_maps_clicks_to_the_network_and_back(spine_data: Path, tmp_path: Path):
+    items = load_datalist(spine_data, "validation")
+    pre = Compose([
+        LoadRadiographd(keys="image"),
+        EnsureLandmarksd(keys="landmarks", num_landmarks=68),
+        FitToShaped(keys="image", spatial_size=(64, 128), landmark_keys=[]),
+        ScaleIntensityRanged(keys="image", a_min=0.0, a_max=4095.0, b_min=-1.0, b_max=1.0),
+    ])
+    loader = DataLoader(Dataset(items, pre), batch_size=2)
+    writer = InteractiveCurveWriter(tmp_path, unit="px", cobb=True)
+    evaluator = InteractiveKeypointEvaluator(
+        device="cpu", val_data_loader=loader, network=HintEcho(68), num_landmarks=68, hint_sigma=2.0, num_clicks=3,
+        unit="px", enforce_clicks=False, decode_window=5, val_handlers=[writer],
+    )
+    evaluator.run()
+    summary = evaluator.state.interactive_summary
+    table = summary["table"]
+    assert [r["clicks"] for r in table] == [0, 1, 2, 3] and summary["n_images"] == 2
+    for rec in writer.records:
+        for r in range(1, 4):
+            clicked = rec["clicks_model"][:r]
+            # the click went original -> network pixels (hint map) -> decoded -> original pixels (~2.4 per network
+            # pixel here): back within 0.3 px, the decoding's sub-pixel accuracy
+            assert np.all(rec["errors_model"][r, clicked] < 0.3), rec["errors_model"][r, clicked]
+        assert rec["cobb_gt"].shape == (3,) and np.isfinite(rec["cobb_gt"]).all()
+    manual = [r["mre_manual"] for r in table]
+    assert all(b <= a for a, b in zip(manual, manual[1:]))
+    with open(tmp_path / "interactive.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["clicks"]) for r in rows] == [0, 1, 2, 3] and "smape_model" in rows[0]
+    assert (tmp_path / "interactive.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "interactive.json").read_text())["unit"] == "px"
+    assert (tmp_path / "cobb.csv").is_file()
+
+
+def _inference(spine_data: Path, tmp_path: Path, ckpt: Path, name: str, **overrides) -> dict:
+    from monai.bundle import ConfigWorkflow
+
+    cfg = BUNDLE / "configs"
+    wf = ConfigWorkflow(
+        config_file=[str(cfg / "inference.json"), str(cfg / "quick.json")],
+        meta_file=str(cfg / "metadata.json"), logging_file=str(cfg / "logging.conf"), workflow_type="infer",
+        bundle_root=str(BUNDLE), ckpt_path=str(ckpt), output_dir=str(tmp_path / name), dataset_dir=str(spine_data.parent),
+        input=str(spine_data), **overrides,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return json.loads((tmp_path / name / "predictions.json").read_text())
+
+
+def test_bundle_inference_takes_clicks_in_original_pixels(spine_data: Path, tmp_path: Path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "quick.json")])
+    parser["dataset_dir"] = str(spine_data.parent)
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def")
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+
+    test_images = [row["image"] for row in json.loads(spine_data.read_text())["test"]]
+    click = {"landmark": 5, "x": 60.25, "y": 140.5}
+    clicks = {Path(test_images[0]).name: [click]}
+    plain = _inference(spine_data, tmp_path, ckpt, "plain")
+    hinted = _inference(spine_data, tmp_path, ckpt, "hinted", clicks=clicks, enforce_clicks=False)
+    again = _inference(spine_data, tmp_path, ckpt, "again", clicks=clicks, enforce_clicks=False)
+    enforced = _inference(spine_data, tmp_path, ckpt, "enforced", clicks=clicks)
+
+    def points(doc: dict, i: int) -> np.ndarray:
+        return np.array([[p["x"], p["y"]] for p in doc["predictions"][i]["landmarks"]], dtype=float)
+
+    assert not np.allclose(points(plain, 0), points(hinted, 0))  # the click changes the output ...
+    np.testing.assert_array_equal(points(hinted, 0), points(again, 0))  # ... deterministically
+    np.testing.assert_array_equal(points(plain, 1), points(hinted, 1))  # the other image is not clicked
+    # enforced: the clicked landmark is the click, mapped original -> network -> original pixels
+    np.testing.assert_allclose(points(enforced, 0)[5], [click["x"], click["y"]], atol=1e-3)
+    assert enforced["predictions"][0]["landmarks"][5]["confidence"] == pytest.approx(1.0)
+
+
+def test_bundle_evaluate_config_writes_both_curves(spine_data: Path, tmp_path: Path):
+    from monai.bundle import ConfigParser, ConfigWorkflow
+
+    cfg = BUNDLE / "configs"
+    files = [str(cfg / "train.json"), str(cfg / "evaluate.json"), str(cfg / "quick.json")]
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["dataset_dir"] = str(spine_data.parent)
+    torch.manual_seed(0)
+    (tmp_path / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
+    wf = ConfigWorkflow(
+        config_file=files, meta_file=str(cfg / "metadata.json"), logging_file=str(cfg / "logging.conf"),
+        workflow_type="infer", run_id="evaluating", bundle_root=str(BUNDLE), ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"), dataset_dir=str(spine_data.parent), num_clicks=2,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    out = tmp_path / "eval" / "evaluation"
+    with open(out / "interactive.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["clicks"]) for r in rows] == [0, 1, 2]
+    assert {"mre_model", "mre_manual", "smape_model", "smape_manual"} <= set(rows[0])
+    assert float(rows[0]["mre_model"]) == pytest.approx(float(rows[0]["mre_manual"]))  # same 0-click start
+    assert float(rows[2]["mre_manual"]) < float(rows[0]["mre_manual"])
+    for name in ("interactive.png", "interactive.json", "cobb.csv", "predictions.json", "summary.json"):
+        assert (out / name).is_file(), name
+
+
+def test_prepare_batch_and_iterative_inferer_build_the_input_channels():
+    from monai_ext.engines.interactive import IterativeHintInferer, PrepareInteractiveBatch
+
+    hints = torch.full((1, 3, 2), float("nan"))
+    hints[0, 1] = torch.tensor([5.0, 7.0])
+    batch = {"image": torch.randn(1, 1, 16, 20), "hint_landmarks": hints, "heatmap": torch.zeros(1, 3, 16, 20),
+             "landmark_mask": torch.ones(1, 3), "landmarks": torch.rand(1, 3, 2)}
+    inputs, target = PrepareInteractiveBatch(3, hint_sigma=2.0, previous_prediction=True)(batch)
+    assert inputs.shape == (1, 7, 16, 20) and len(target) == 3
+    assert torch.equal(inputs[:, :1], batch["image"])
+    assert inputs[0, 2, 5, 7] == pytest.approx(1.0) and inputs[0, [1, 3]].abs().sum() == 0  # only landmark 1 hinted
+    assert inputs[:, 4:].abs().sum() == 0  # no previous prediction yet
+    inputs_no_hint, _ = PrepareInteractiveBatch(3, hint_sigma=2.0)({"image": batch["image"]})
+    assert inputs_no_hint.shape == (1, 4, 16, 20) and inputs_no_hint[:, 1:].abs().sum() == 0
+
+    seen = []
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return torch.full((1, 3, 16, 20), 2.0)
+
+    IterativeHintInferer(3, prob=1.0)(inputs, network)
+    assert len(seen) == 2 and seen[0][:, 4:].abs().sum() == 0
+    assert torch.allclose(seen[1][:, 4:], torch.sigmoid(torch.tensor(2.0)).expand(1, 3, 16, 20))
+    assert torch.equal(seen[1][:, :4], inputs[:, :4])
+    seen.clear()
+    IterativeHintInferer(3, prob=0.0)(inputs, network)
+    assert len(seen) == 1
