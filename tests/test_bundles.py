@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monai.bundle import ConfigWorkflow, verify_metadata
+from bundle_workflow import bundle_workflow
+from monai.bundle import verify_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
@@ -53,34 +54,16 @@ def test_bundle_uses_model_zoo_ids(bundle: Path):
     assert not missing, f"{bundle.name}/configs/train.json lacks config ids {missing}"
 
 
-def _workflow(bundle: Path, configs: list[str], run_id: str, tmp: Path) -> ConfigWorkflow:
-    files = [str(bundle / "configs" / c) for c in configs] + [str(bundle / "configs" / "quick.json")]
-    wf = ConfigWorkflow(
-        config_file=files,
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type="train" if run_id == "training" else "infer",
-        run_id=run_id,
-        bundle_root=str(bundle),
-        ckpt_dir=str(tmp / "models"),
-        ckpt_path=str(tmp / "models" / "model.pt"),
-        output_dir=str(tmp / "eval"),
-        dataset_dir=str(tmp / "data"),
-    )
-    wf.initialize()
-    return wf
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
 def test_bundle_trains_one_epoch_and_infers(bundle: Path, tmp_path: Path):
-    wf = _workflow(bundle, ["train.json"], "training", tmp_path)
+    wf = bundle_workflow(bundle, ["train.json"], "training", tmp_path)
     wf.run()
     wf.finalize()
     assert (tmp_path / "models" / "model.pt").is_file(), "training wrote no checkpoint"
     assert (tmp_path / "data" / "datalist.json").is_file(), "the synthetic dataset was not generated on first run"
 
-    wf = _workflow(bundle, ["inference.json"], "inference", tmp_path)
+    wf = bundle_workflow(bundle, ["inference.json"], "inference", tmp_path)
     wf.run()
     wf.finalize()
     out = tmp_path / "eval"  # inference writes into its output_dir

@@ -8,30 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bundle_workflow import bundle_workflow
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
 
 from monai_ext.data import load_datalist
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "scn"
 
 
-def _workflow(tmp: Path, files: list[str], run_id: str, **overrides) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=[str(BUNDLE / "configs" / f) for f in files] + [str(BUNDLE / "configs" / "quick.json")],
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-        workflow_type="train" if run_id == "training" else "infer",
-        run_id=run_id,
-        bundle_root=str(BUNDLE),
-        ckpt_dir=str(tmp / "models"),
-        ckpt_path=str(tmp / "models" / "model.pt"),
-        output_dir=str(tmp / "eval"),
-        dataset_dir=str(tmp / "data"),
-        **overrides,
-    )
-    wf.initialize()
-    return wf
+def _workflow(tmp: Path, files: list[str], run_id: str, **overrides):
+    return bundle_workflow(BUNDLE, files, run_id, tmp, **overrides)
 
 
 @pytest.mark.slow
