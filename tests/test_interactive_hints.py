@@ -16,6 +16,7 @@ from monai_ext.decoding import decode_heatmaps
 from monai_ext.errors import LandmarkDataError
 from monai_ext.transforms import FitToShaped
 from monai_ext.transforms.hints import (
+    AppendHintMapsd,
     ApplyClicksd,
     ClicksToHintsd,
     RandClickSimulationd,
@@ -117,3 +118,15 @@ def test_apply_clicks_sets_clicked_predictions_and_confidence():
     out = ApplyClicksd()({"pred_landmarks": pred, "hint_landmarks": hints, "pred_confidence": torch.tensor([0.2, 0.3, 0.4])})
     assert out["pred_landmarks"].tolist() == [[1.0, 1.0], [7.0, 8.0], [3.0, 3.0]]
     assert out["pred_confidence"].tolist() == pytest.approx([0.2, 1.0, 0.4])
+
+
+def test_append_hint_maps_keeps_the_image_and_its_affine():
+    affine = spacing_affine((0.5, 0.7))
+    img = MetaTensor(torch.rand(1, 20, 30), affine=affine, meta={"original_affine": affine.clone()})
+    hints = torch.full((3, 2), float("nan"))
+    hints[2] = torch.tensor([4.0, 9.0])
+    out = AppendHintMapsd(num_landmarks=3, sigma=1.5, previous_channels=True)({"image": img, "hint_landmarks": hints})["image"]
+    assert out.shape == (7, 20, 30) and isinstance(out, MetaTensor)
+    assert torch.equal(out[0], img[0]) and torch.allclose(out.affine, img.affine)
+    assert out[3, 4, 9] == pytest.approx(1.0) and out[1:3].abs().sum() == 0 and out[4:].abs().sum() == 0
+    assert AppendHintMapsd(num_landmarks=3)({"image": img})["image"][1:].abs().sum() == 0  # no clicks

@@ -20,10 +20,11 @@ original image, ``y`` down). The protocol (``../shared/data/README.md``; the cha
 * otherwise: ``upper`` as before (reached at vertebra ``c``), ``lower`` = the largest angle between ``c`` and any
   vertebra above it.
 
-``endplate="top"`` (default) is the README's rule (the top endplates of ``a`` and ``b``); ``"bottom"`` is the
-challenge's MATLAB reference, whose 1-based ``mid_p_v(pos*2)`` is a vertebra's *bottom* endplate. On the 481 shared
+``endplate="top"`` (default) is the README's rule (the top endplates of ``a`` and ``b``); ``"bottom"`` uses their
+bottom endplates, which is what a 1-based reading of the reference code's ``mid_p_v(pos*2)`` means. On the 481 shared
 AASCE images the two reproduce all three given angles within 0.01 deg for 95.4 % and 97.7 % of the images (see
-``tests/test_cobb.py``); they differ only for S-shaped curves whose end vertebrae lie near the middle of the image.
+``tests/test_cobb.py``; with ``"bottom"`` every S-shaped image whose given angles match a branch gets that branch);
+they differ only for S-shaped curves whose end vertebrae lie near the middle of the image.
 
 Missing landmarks: a vertebra with any missing (``NaN``) corner (or a degenerate one, whose left and right midpoints
 coincide) is skipped: the protocol runs on the remaining

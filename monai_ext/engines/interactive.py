@@ -436,7 +436,8 @@ class InteractiveCurveWriter:
       angles) and ``n_cobb`` (images with all angles defined);
     * ``<name>.json``: the same table, the unit, and per image the clicked landmarks and the per-round MRE;
     * ``<name>.png``: MRE against clicks, both curves;
-    * with ``cobb``: ``cobb.csv``, per image the three angles from the ground-truth points, from the 0-click
+    * with ``cobb`` (``cobb_endplate``: see :func:`monai_ext.clinical.cobb.cobb_angles`): ``cobb.csv``, per image
+      the three angles from the ground-truth points, from the 0-click
       prediction and after ``R`` clicks (model revision), and the angles given with the data when the batch has a
       ``cobb_key`` entry.
 
@@ -450,6 +451,7 @@ class InteractiveCurveWriter:
         name: str = "interactive",
         cobb: bool = False,
         corners_per_vertebra: int = 4,
+        cobb_endplate: str = "top",
         cobb_key: str = "cobb",
         image_key: str = CommonKeys.IMAGE,
     ):
@@ -458,6 +460,7 @@ class InteractiveCurveWriter:
         self.name = name
         self.cobb = as_flag(cobb, "cobb")
         self.corners_per_vertebra = int(corners_per_vertebra)
+        self.cobb_endplate = cobb_endplate
         self.cobb_key = cobb_key
         self.image_key = image_key
         self.records: list[dict] = []
@@ -493,7 +496,7 @@ class InteractiveCurveWriter:
             self.records.append(record)
 
     def _angles(self, points: np.ndarray, height: float) -> np.ndarray:
-        return cobb_angles(points, height, self.corners_per_vertebra).as_array()
+        return cobb_angles(points, height, self.corners_per_vertebra, self.cobb_endplate).as_array()
 
     def summary(self) -> dict[str, Any]:
         """The table (list of rows) and per-image details of the collected records."""

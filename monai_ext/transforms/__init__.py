@@ -27,6 +27,7 @@ from monai_ext.transforms.dictionary import (
 from monai_ext.transforms.mix import Mixup, mixup_loss
 from monai_ext.transforms.select import SelectLast, SelectLastd
 from monai_ext.transforms.hints import (
+    AppendHintMapsd,
     ApplyClicksd,
     ClicksToHintsd,
     RandClickSimulationd,

@@ -9,7 +9,10 @@ clicked landmark's position in its own channel, zero channels for the landmarks 
   uses their ground-truth positions as clicks.
 * Inference: clicks arrive per image as ``[{"landmark": k, "x": px, "y": px}, ...]`` in ORIGINAL image pixels
   (what a viewer shows); :class:`ClicksToHintsd` maps them into the network's pixels with
-  :func:`~monai_ext.transforms.array.move_points` (original affine -> current affine).
+  :func:`~monai_ext.transforms.array.move_points` (original affine -> current affine) and :class:`AppendHintMapsd`
+  appends the hint maps to the image channels, so that ``network(image)`` is the whole call (what MONAI Label's
+  bundle tasks make). Training encodes the hints on the device instead
+  (:class:`~monai_ext.engines.interactive.PrepareInteractiveBatch`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = [
     "RandClickSimulationd",
     "ClicksToHintsd",
     "ApplyClicksd",
+    "AppendHintMapsd",
 ]
 
 
@@ -250,4 +254,46 @@ class ApplyClicksd(MapTransform):
         if self.confidence_key and self.confidence_key in d:
             conf = convert_to_tensor(d[self.confidence_key], track_meta=False)
             d[self.confidence_key] = torch.where(clicked.to(conf.device), torch.ones_like(conf), conf)
+        return d
+
+
+class AppendHintMapsd(MapTransform):
+    """Append the hint maps of ``hint_key`` (``(K, 2)`` clicks in the image's pixels, ``NaN`` = no click) to the
+    channels of ``keys`` images: ``(C, *S) -> (C + K [+ K], *S)``, with :func:`encode_hints` (``sigma`` pixels) and,
+    with ``previous_channels``, ``K`` zero channels for a previous prediction. The MetaTensor keeps its metadata,
+    so predictions still map back through its affine. No ``hint_key``: zero hint maps (no click).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        num_landmarks: int = 1,
+        sigma: float = 2.0,
+        hint_key: str = "hint_landmarks",
+        previous_channels: bool = False,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.num_landmarks = int(num_landmarks)
+        self.sigma = float(sigma)
+        self.hint_key = hint_key
+        self.previous_channels = bool(previous_channels)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        hints = d.get(self.hint_key)
+        for key in self.key_iterator(d):
+            img = d[key]
+            spatial = tuple(img.shape[1:])
+            pts = (
+                torch.full((self.num_landmarks, 2), float("nan"))
+                if hints is None
+                else convert_to_tensor(hints, track_meta=False, dtype=torch.float32)
+            )
+            if pts.shape != (self.num_landmarks, 2):
+                raise ValueError(f"AppendHintMapsd: {self.hint_key} must be ({self.num_landmarks}, 2), got {tuple(pts.shape)}")
+            parts = [img, encode_hints(pts[None], spatial, self.sigma)[0].to(dtype=img.dtype, device=img.device)]
+            if self.previous_channels:
+                parts.append(torch.zeros((self.num_landmarks, *spatial), dtype=img.dtype, device=img.device))
+            d[key] = torch.cat(parts, dim=0)
         return d
