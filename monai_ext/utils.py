@@ -1,10 +1,11 @@
-"""Small helpers shared by every module: atomic file writes."""
+"""Small helpers shared by every module: atomic file writes, command-line booleans."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from typing import Any
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -59,3 +60,16 @@ def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Pa
             raise
 
     return _cm()
+
+
+def as_flag(value: Any, name: str = "flag") -> bool:
+    """A boolean from a bool, 0/1 or a command-line string (``"true"``/``"false"``, ``"yes"``/``"no"``, ``"1"``/``"0"``,
+    any case): ``--enforce_clicks false`` must not turn into ``bool("false") == True``."""
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("true", "yes", "1"):
+            return True
+        if low in ("false", "no", "0", ""):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {value!r}")
+    return bool(value)

@@ -5,7 +5,8 @@
 
 ``--conf bundles_dir DIR`` serves the bundles of another folder (default: ``bundles/`` next to this app);
 ``--conf models a,b`` picks some of them (default: every bundle with ``configs/inference.json`` and
-``models/model.pt``); ``--conf skip_trainers true`` serves inference only. See README.md.
+``models/model.pt``); ``--conf skip_trainers true`` serves inference only. A bundle whose inference config takes
+``clicks`` (``interactive_kp``) is served as an interactive model (type ``deepedit``). See README.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import strtobool
 
-from lib.infers import LandmarkInferTask
+from lib.infers import InteractiveLandmarkInferTask, LandmarkInferTask, takes_clicks
 from lib.trainers import LandmarkTrainTask
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,9 @@ class LandmarkApp(MONAILabelApp):
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
         for name, path in self.models.items():
-            task = LandmarkInferTask(path, self.conf)
+            # a bundle taking clicks (interactive_kp) is one interactive model: automatic without clicks
+            task_class = InteractiveLandmarkInferTask if takes_clicks(path) else LandmarkInferTask
+            task = task_class(path, self.conf)
             if task.is_valid():  # a bundle without models/model.pt is skipped (BundleInferTask logs why)
                 logger.info(f"+++ Adding Inferer:: {name} => {path}")
                 infers[name] = task

@@ -81,6 +81,10 @@ def test_parse_clicks_and_errors():
         parse_clicks([{"x": 1, "y": 1}], 4)
     with pytest.raises(LandmarkDataError, match="finite"):
         parse_clicks([{"landmark": 1, "x": math.nan, "y": 1}], 4)
+    # inside the original image's pixel extent (pixel centres at integers: edges at -0.5 and W - 0.5)
+    assert parse_clicks([{"landmark": 0, "x": 9.5, "y": -0.5}], 1, image_size=(10, 20))[0].tolist() == [9.5, -0.5]
+    with pytest.raises(LandmarkDataError, match=r"b.png: click 0: \(10.0, 1.0\) is outside the 10 x 20 image"):
+        parse_clicks([{"landmark": 0, "x": 10, "y": 1}], 1, "b.png", image_size=(10, 20))
 
 
 def test_clicks_follow_the_same_mapping_as_the_landmarks():

@@ -185,6 +185,16 @@ def test_tracking_settings_patch_every_bundle(bundle: Path, datasets: Path, tmp_
     assert len(artifacts) >= 2, f"{bundle.name}: training logs no artifact but the config (set 'tracking_artifacts')"
     assert any(str(a).endswith(".pt") for a in artifacts), artifacts
 
+    if parser.get("stage2#train#trainer") is not None:  # two-stage bundles: stage 2 is a tracked run of its own
+        for engine, handlers_id in (("trainer", "stage2#train#handlers"), ("validator", "stage2#validate#handlers")):
+            last = parser.get(handlers_id)[-1]
+            assert last["_target_"].endswith("LandmarkMLFlowHandler"), (engine, last)
+            assert last["run_name"] == "@stage2_run_name", engine
+        artifacts = parser.get_parsed_content(f"stage2#train#handlers#{len(parser.get('stage2#train#handlers')) - 1}#artifacts")
+        assert str(artifacts[-1]).endswith("model_stage2.pt"), artifacts
+    else:
+        assert "stage2_trainer" not in parser  # the stage-2 settings add nothing to single-stage bundles
+
     parser = workflow(["train.json", "evaluate.json"], "evaluating").parser
     handlers = parser.get("handlers")
     assert isinstance(handlers, list) and "evaluator" in parser, (
@@ -265,3 +275,51 @@ def test_tracking_settings_log_to_mlflow_server(mlflow_server: _MLflowServer, da
     assert len(config) == 1, files
     local = client.download_artifacts(run.info.run_id, config[0], str(tmp_path))
     assert json.loads(Path(local).read_text())["network_def"], "the executed config lacks network_def"
+
+
+#: the scalar losses each bundle's trainer logs per iteration (the adversarial engine: all five terms)
+TRAIN_LOSSES = {
+    "adv_posenet": {"train_mse", "train_adv_P", "train_adv_C", "train_d_P", "train_d_C"},
+    "kneel": {"train_loss"},
+    "interactive_kp": {"train_loss"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TRAIN_LOSSES))
+def test_default_mlflow_tracking_sqlite_other_bundles(name: str, datasets: Path, tmp_path):
+    """Tracking into SQLite under the bundle's eval dir on every other bundle: a finished training run with the
+    losses per iteration and the validation metrics per epoch, then an evaluation run of its own. interactive_kp
+    with MONAI's ``--tracking mlflow``; adv_posenet with the project's settings (all five adversarial losses) and KNEEL
+    with them too (its stage-2 training is a run of its own)."""
+    root = _copy_bundle(REPO / "bundles" / name, tmp_path)
+    tracking = "mlflow" if name == "interactive_kp" else str(SETTINGS)
+    wf = _run(root, ["train.json"], "training", tracking, datasets / name)
+    db = root / "eval" / "mlruns.db"
+    assert db.is_file()
+    client = mlflow.MlflowClient(path_to_sqlite_uri(str(db)))
+    exp = client.get_experiment_by_name("monai_experiment" if tracking == "mlflow" else name)
+    runs = client.search_runs([exp.experiment_id])
+    assert runs and all(r.info.status == "FINISHED" for r in runs)
+    first = min(runs, key=lambda r: r.info.start_time)
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    for loss in TRAIN_LOSSES[name]:
+        assert len(client.get_metric_history(first.info.run_id, loss)) == trainer.state.iteration, loss
+    key_metric = next(iter(wf.parser.get("validate#key_metric")))
+    assert key_metric in first.data.metrics, sorted(first.data.metrics)
+    if name == "kneel":
+        (stage2,) = [r for r in runs if r.info.run_name.startswith("kneel-stage2_")]
+        assert stage2.data.tags["engine"] == "stage2_trainer"
+        stage2_trainer = wf.parser.get_parsed_content("stage2#train#trainer")
+        assert len(client.get_metric_history(stage2.info.run_id, "train_loss")) == stage2_trainer.state.iteration
+        assert key_metric in stage2.data.metrics
+        assert "model_stage2.pt" in _artifacts(client, stage2.info.run_id)
+    else:
+        assert len(runs) == 1
+
+    n_before = len(runs)
+    _run(root, ["train.json", "evaluate.json"], "evaluating", tracking, datasets / name)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == n_before + 1
+    newest = max(runs, key=lambda r: r.info.start_time)
+    assert newest.info.status == "FINISHED" and newest.data.metrics

@@ -1,12 +1,14 @@
 """The MONAI Label app (``monailabel_app/``): landmark label helpers, the training task's datalist, a 1-epoch
 training from a datastore, and a real server answering ``/info/`` and ``/infer/scn`` with landmarks in the
-original image's pixels, the same points as the bundle's own inference. Skipped when monailabel is not installed
-(``requirements-monailabel.txt``). The bundle is a copy in tmp_path (small network, random weights)."""
+original image's pixels, the same points as the bundle's own inference, and ``/infer/interactive_kp`` with clicks
+(clicked landmarks at their clicks, bad clicks answered with a message). Skipped when monailabel is not installed
+(``requirements-monailabel.txt``). The bundles are copies in tmp_path (small networks, random weights)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,7 +30,7 @@ import pydicom  # noqa: E402
 import torch  # noqa: E402
 from monai.bundle import ConfigParser, ConfigWorkflow  # noqa: E402
 
-from monai_ext.data.synthetic import ensure_dataset  # noqa: E402
+from monai_ext.data.synthetic import ensure_dataset, generate_dataset  # noqa: E402
 from monai_ext.errors import LandmarkDataError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +38,7 @@ APP = REPO / "monailabel_app"
 sys.path.insert(0, str(APP))  # the app's own layout: main.py imports lib.*, as MONAI Label loads it
 
 from lib.landmarks import (  # noqa: E402
+    clicks_by_index,
     disc_label,
     landmark_result,
     points_from_disc_label,
@@ -94,6 +97,18 @@ def test_points_from_json_both_formats(tmp_path):
     assert landmark_result(np.zeros((3, 2)), None, names, (1.0, 1.0), "none", (4, 4))["unit"] == "px"
 
 
+def test_clicks_by_index_resolves_landmark_names():
+    names = ["a", "b", "c"]
+    clicks = [{"landmark": "c", "x": 1.5, "y": 2}, {"landmark": 0, "x": 3, "y": 4}, {"landmark": "1", "x": 0, "y": 0}]
+    assert [c["landmark"] for c in clicks_by_index(clicks, names)] == [2, 0, 1]
+    assert clicks_by_index(json.dumps(clicks[:1]), names) == [{"landmark": 2, "x": 1.5, "y": 2}]
+    assert clicks_by_index([{"x": 1, "y": 2}], names) == [{"x": 1, "y": 2}]  # left to the bundle's checks
+    with pytest.raises(LandmarkDataError, match=r"img.dcm: click 1: 'd' is neither a landmark index \(0..2\)"):
+        clicks_by_index([clicks[0], {"landmark": "d", "x": 1, "y": 1}], names, "img.dcm")
+    with pytest.raises(LandmarkDataError, match="not valid JSON"):
+        clicks_by_index("[{", names)
+
+
 def test_find_bundles_names_a_missing_bundle(tmp_path):
     from main import find_bundles
 
@@ -105,40 +120,63 @@ def test_find_bundles_names_a_missing_bundle(tmp_path):
         find_bundles(tmp_path, "b1,b2")
 
 
-# --------------------------------------------------------------------------------- a served copy of the bundle
-@pytest.fixture(scope="module")
-def served(tmp_path_factory) -> dict:
-    """A copy of bundles/scn (quick.json's small network merged into its configs, random weights), the synthetic
-    hand dataset it names its landmarks from, and a studies folder with one square DICOM (square: the 64x64
-    network input has no padding, so even a random model predicts inside the image)."""
-    tmp = tmp_path_factory.mktemp("monailabel")
-    data = tmp / "data"
-    datalist = ensure_dataset("hand", data)
-    bundle = tmp / "bundles" / "scn"
-    shutil.copytree(REPO / "bundles" / "scn" / "configs", bundle / "configs")
-    for name in ["inference.json", "train.json"]:
+# -------------------------------------------------------------------------------- served copies of the bundles
+def _small_bundle(name: str, dest: Path, dataset_dir: Path) -> Path:
+    """A copy of ``bundles/<name>`` in ``dest`` with its quick.json merged into inference.json and train.json, its
+    data from ``dataset_dir`` and random weights (seed 0) as ``models/model.pt``."""
+    bundle = dest / name
+    shutil.copytree(REPO / "bundles" / name / "configs", bundle / "configs")
+    for config in ["inference.json", "train.json"]:
         parser = ConfigParser()
-        parser.read_config([str(bundle / "configs" / name), str(bundle / "configs" / "quick.json")])
-        parser["dataset_dir"] = str(data)
-        config = {k: v for k, v in parser.get().items() if k != "_meta_"}
-        ConfigParser.export_config_file(config, str(bundle / "configs" / name), indent=1)
+        parser.read_config([str(bundle / "configs" / config), str(bundle / "configs" / "quick.json")])
+        parser["dataset_dir"] = str(dataset_dir)
+        merged = {k: v for k, v in parser.get().items() if k != "_meta_"}
+        ConfigParser.export_config_file(merged, str(bundle / "configs" / config), indent=1)
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     torch.manual_seed(0)
     (bundle / "models").mkdir()
     torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+    return bundle
+
+
+def _crop_dicom(source: Path, target: Path, width: int, height: int, spacing: list[float] | None = None) -> None:
+    """Save the centre ``width x height`` pixels of the DICOM ``source`` as ``target``."""
+    ds = pydicom.dcmread(source)
+    arr = ds.pixel_array
+    r0, c0 = (arr.shape[0] - height) // 2, (arr.shape[1] - width) // 2
+    ds.PixelData = np.ascontiguousarray(arr[r0 : r0 + height, c0 : c0 + width]).tobytes()
+    ds.Rows, ds.Columns = height, width
+    if spacing is not None:
+        ds.PixelSpacing = spacing
+    ds.save_as(target)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> dict:
+    """Small copies of bundles/scn (on the synthetic hand dataset it names its landmarks from) and
+    bundles/interactive_kp (one synthetic spine), and a studies folder with one square hand DICOM and one spine
+    DICOM of width:height 1:2 (square pixels). Both fill their network input (64x64, 64x128) without padding, so
+    even a random model predicts inside the image."""
+    tmp = tmp_path_factory.mktemp("monailabel")
+    data = tmp / "data"
+    datalist = ensure_dataset("hand", data)
+    bundle = _small_bundle("scn", tmp / "bundles", data)
+    spine = tmp / "spine"
+    spine_datalist = generate_dataset("spine", spine, n_train=0, n_val=1, n_test=0, seed=0)
+    interactive = _small_bundle("interactive_kp", tmp / "bundles", spine)
 
     studies = tmp / "studies"
     studies.mkdir()
-    ds = pydicom.dcmread(data / "images" / "validation_000.dcm")
-    arr = ds.pixel_array
-    n = min(arr.shape)
-    r0, c0 = (arr.shape[0] - n) // 2, (arr.shape[1] - n) // 2
-    ds.PixelData = np.ascontiguousarray(arr[r0 : r0 + n, c0 : c0 + n]).tobytes()
-    ds.Rows = ds.Columns = n
-    ds.PixelSpacing = [0.8, 0.8]
-    ds.save_as(studies / "square.dcm")
-    return {"tmp": tmp, "bundle": bundle, "studies": studies, "datalist": datalist, "size": n}
+    hand = data / "images" / "validation_000.dcm"
+    n = min(pydicom.dcmread(hand).pixel_array.shape)
+    _crop_dicom(hand, studies / "square.dcm", n, n, spacing=[0.8, 0.8])
+    spine_image = spine / json.loads(spine_datalist.read_text())["validation"][0]["image"]
+    ds = pydicom.dcmread(spine_image)
+    w = min(ds.Columns, ds.Rows // 2)
+    _crop_dicom(spine_image, studies / "spine.dcm", w, 2 * w, spacing=[2.0, 2.0])  # square pixels: no padding
+    return {"tmp": tmp, "bundle": bundle, "studies": studies, "datalist": datalist, "size": n,
+            "interactive": interactive, "spine_datalist": spine_datalist, "spine_size": (w, 2 * w)}
 
 
 def _label_studies(served: dict, folder: Path, count: int):
@@ -200,7 +238,8 @@ def server(served):
     log = open(tmp / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(served["studies"]),
-         "--conf", "models", "scn", "--conf", "bundles_dir", str(served["bundle"].parent), "--conf", "zoo_source",
+         "--conf", "models", "scn,interactive_kp", "--conf", "bundles_dir", str(served["bundle"].parent),
+         "--conf", "zoo_source",
          "local", "--conf", "sam2", "false", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
@@ -230,11 +269,22 @@ def server(served):
         log.close()
 
 
-def _infer(url: str, image: str, output: str, params: dict) -> bytes:
+def _infer(url: str, image: str, output: str, params: dict, model: str = "scn") -> bytes:
     body = urllib.parse.urlencode({"params": json.dumps(params)}).encode()
     query = urllib.parse.urlencode({"image": image, "output": output})
-    with urllib.request.urlopen(urllib.request.Request(f"{url}/infer/scn?{query}", data=body), timeout=120) as r:
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/infer/{model}?{query}", data=body), timeout=120) as r:
         return r.read()
+
+
+def _infer_error(url: str, image: str, params: dict, model: str = "interactive_kp") -> tuple[int, str]:
+    """``(HTTP status, error detail)`` of a request that must fail."""
+    with pytest.raises(urllib.error.HTTPError) as info:
+        _infer(url, image, "json", params, model)
+    body = info.value.read().decode()
+    try:
+        return info.value.code, str(json.loads(body)["detail"])
+    except (ValueError, KeyError):
+        return info.value.code, body
 
 
 @pytest.mark.slow
@@ -281,3 +331,80 @@ def test_server_infers_landmarks_in_original_pixels(served, server, tmp_path):
     k = int(label.max()) - 1  # the last landmark's disc is drawn last: never overwritten
     x, y = (int(round(v)) for v in got[k])
     assert label[min(max(x, 0), n - 1), min(max(y, 0), n - 1)] == k + 1
+
+
+# --------------------------------------------------------------------------------------- the interactive model
+def _inside(p: dict, size: tuple[int, int]) -> bool:
+    return -0.5 <= p["x"] <= size[0] - 0.5 and -0.5 <= p["y"] <= size[1] - 0.5
+
+
+@pytest.mark.slow
+def test_server_lists_the_interactive_model(served, server):
+    _, info = server
+    names = json.loads(Path(served["spine_datalist"]).read_text())["landmarks"]
+    model = info["models"]["interactive_kp"]
+    assert model["type"] == "deepedit" and info["models"]["scn"]["type"] == "segmentation"
+    assert model["dimension"] == 2 and list(model["labels"]) == names
+
+
+@pytest.mark.slow
+def test_server_refines_landmarks_with_a_click(served, server):
+    url, _ = server
+    names = json.loads(Path(served["spine_datalist"]).read_text())["landmarks"]
+    size = served["spine_size"]
+    keys = {"index", "name", "x", "y", "x_mm", "y_mm", "confidence", "clicked"}
+
+    auto = json.loads(_infer(url, "spine", "json", {"device": "cpu"}, "interactive_kp"))
+    assert auto["image_size"] == list(size) and auto["clicks"] == []
+    assert [p["name"] for p in auto["landmarks"]] == names
+    assert all(set(p) >= keys and not p["clicked"] and _inside(p, size) for p in auto["landmarks"])
+
+    k = 5
+    before = np.array([auto["landmarks"][k]["x"], auto["landmarks"][k]["y"]])
+    w, h = size
+    corners = np.array([[10.25, 12.75], [w - 10.5, 12.75], [10.25, h - 9.5], [w - 10.5, h - 9.5]])
+    click = corners[np.argmax(np.linalg.norm(corners - before, axis=1))]
+    assert np.linalg.norm(click - before) >= 20.0
+    clicks = [{"landmark": k, "x": float(click[0]), "y": float(click[1])}]
+    result = json.loads(_infer(url, "spine", "json", {"device": "cpu", "clicks": clicks}, "interactive_kp"))
+
+    points = result["landmarks"]
+    assert [p["name"] for p in points] == names and all(set(p) >= keys for p in points)
+    assert [p["clicked"] for p in points] == [i == k for i in range(len(names))]
+    np.testing.assert_allclose([points[k]["x"], points[k]["y"]], click, atol=0.5)
+    assert points[k]["confidence"] == pytest.approx(1.0)
+    assert all(_inside(p, size) for p in points)
+    assert result["clicks"] == [{"index": k, "name": names[k], "x": pytest.approx(click[0]),
+                                 "y": pytest.approx(click[1])}]
+    assert points[k]["x_mm"] == pytest.approx(points[k]["x"] * result["spacing"][0])
+
+    # the same click by landmark name gives the same landmarks
+    by_name = [{"landmark": names[k], "x": float(click[0]), "y": float(click[1])}]
+    again = json.loads(_infer(url, "spine", "json", {"device": "cpu", "clicks": by_name}, "interactive_kp"))
+    np.testing.assert_allclose([[p["x"], p["y"]] for p in again["landmarks"]], [[p["x"], p["y"]] for p in points],
+                               atol=1e-4)
+
+
+@pytest.mark.slow
+def test_server_answers_bad_clicks_with_what_is_wrong(served, server):
+    url, _ = server
+    n = len(json.loads(Path(served["spine_datalist"]).read_text())["landmarks"])
+    w, h = served["spine_size"]
+    cases = [
+        ([{"landmark": n, "x": 10, "y": 10}], "interactive_kp", rf"click 0: landmark {n} is outside 0\.\.{n - 1}"),
+        ([{"landmark": 0, "x": 10, "y": h + 3}], "interactive_kp",
+         rf"click 0: \(10\.0, {h + 3}\.0\) is outside the {w} x {h} image"),
+        ([{"landmark": "T0_XX", "x": 10, "y": 10}], "interactive_kp", r"click 0: 'T0_XX' is neither a landmark index"),
+        ([{"landmark": 0, "x": 10}], "interactive_kp", r"click 0 must have 'landmark', 'x' and 'y'"),
+        ([{"landmark": 0, "x": 10, "y": 10}], "scn", r"model 'scn' takes no clicks"),
+    ]
+    for clicks, model, message in cases:
+        image = "spine" if model == "interactive_kp" else "square"
+        status, detail = _infer_error(url, image, {"device": "cpu", "clicks": clicks}, model)
+        assert status == 422, (status, detail)
+        assert re.search(message, detail), detail
+        assert f"{image}.dcm" in detail, detail  # names the image
+    # the server is still up and answers the next request
+    ok = json.loads(_infer(url, "spine", "json", {"device": "cpu", "clicks": [{"landmark": 1, "x": 20, "y": 30}]},
+                           "interactive_kp"))
+    assert [ok["landmarks"][1]["x"], ok["landmarks"][1]["y"]] == pytest.approx([20.0, 30.0], abs=0.5)

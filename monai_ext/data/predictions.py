@@ -41,6 +41,7 @@ __all__ = [
     "Predictions",
     "make_prediction_record",
     "match_images",
+    "merge_prediction_records",
     "read_ground_truth",
     "read_prediction_file",
     "read_predictions",
@@ -181,6 +182,17 @@ def write_predictions_csv(records: Iterable[Mapping[str, Any]], path: str | os.P
             for e in r["landmarks"]:
                 writer.writerow([r["image"]] + [cell(e.get(c)) for c in CSV_COLUMNS[1:-1]] + [""])
     return Path(path)
+
+
+def merge_prediction_records(*shards: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Records of :func:`make_prediction_record` from several shards (e.g. one per rank of a distributed run) as one
+    list sorted by image path, each image once: the first of its records in shard order (a distributed sampler that
+    pads its last batch predicts an image twice)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for shard in shards:
+        for record in shard:
+            merged.setdefault(str(record["image"]), dict(record))
+    return [merged[image] for image in sorted(merged)]
 
 
 def _float(value: Any, where: str, problems: list[str]) -> float:

@@ -41,6 +41,7 @@ from monai.utils import CommonKeys, convert_to_tensor
 from monai_ext.clinical.cobb import cobb_angles, smape
 from monai_ext.decoding import decode_heatmaps
 from monai_ext.metrics.distances import radial_errors_tensor
+from monai_ext.utils import as_flag
 from monai_ext.transforms.array import move_points, points_to_mm, points_to_original
 from monai_ext.transforms.hints import encode_hints
 from monai_ext.utils import atomic_path, atomic_write
@@ -57,19 +58,6 @@ __all__ = [
     "InteractiveKeypointEvaluator",
     "InteractiveCurveWriter",
 ]
-
-
-def as_flag(value: Any, name: str = "flag") -> bool:
-    """A boolean from a bool, 0/1 or a command-line string (``"true"``/``"false"``, ``"yes"``/``"no"``, ``"1"``/``"0"``,
-    any case): ``--enforce_clicks false`` must not turn into ``bool("false") == True``."""
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in ("true", "yes", "1"):
-            return True
-        if low in ("false", "no", "0", ""):
-            return False
-        raise ValueError(f"{name}: expected a boolean, got {value!r}")
-    return bool(value)
 
 
 def _nan_points(b: int, k: int, device=None) -> torch.Tensor:
@@ -204,7 +192,8 @@ class MorphologyWarmup:
 class LossTermsToOutput:
     """After each training iteration, copy ``loss.last_terms`` (e.g. ``{"bce", "distance", "direction"}`` of
     :class:`~monai_ext.losses.morphology.MorphologyAwareHeatmapLoss`) into the trainer's output dict as
-    ``loss_<term>`` floats, where stats and tracking handlers attached after it read them (``decollate=False``)."""
+    ``loss_<term>`` floats, where stats and tracking handlers attached after it read them: the dict
+    (``decollate=False``) or every per-item dict (``decollate=True``)."""
 
     def __init__(self, loss: Any) -> None:
         self.loss = loss
@@ -213,8 +202,11 @@ class LossTermsToOutput:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if isinstance(engine.state.output, dict):
-            engine.state.output.update({f"loss_{k}": float(v) for k, v in getattr(self.loss, "last_terms", {}).items()})
+        terms = {f"loss_{k}": float(v) for k, v in getattr(self.loss, "last_terms", {}).items()}
+        output = engine.state.output
+        for item in [output] if isinstance(output, dict) else output if isinstance(output, (list, tuple)) else []:
+            if isinstance(item, dict):
+                item.update(terms)
 
 
 def select_worst_landmark(errors: torch.Tensor, clicked: torch.Tensor) -> torch.Tensor:

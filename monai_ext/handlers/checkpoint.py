@@ -24,6 +24,12 @@ from monai_ext.utils import atomic_path
 __all__ = ["LatestCheckpointSaver", "ResumeCheckpointLoader"]
 
 
+def _unwrap(obj: Any) -> Any:
+    """The module inside ``DataParallel``/``DistributedDataParallel``: its state dict has no ``module.`` prefix, so the
+    checkpoint loads into a plain network (resume on one device, export) as ignite's ``Checkpoint`` does."""
+    return obj.module if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else obj
+
+
 class LatestCheckpointSaver:
     """Save ``{key: obj.state_dict()}`` of ``save_dict`` (and of the engine under ``engine_key``) to
     ``save_dir/filename`` every ``epoch_interval`` epochs and every ``iteration_interval`` iterations,
@@ -82,7 +88,7 @@ class LatestCheckpointSaver:
         objects = dict(self.save_dict)
         if self.engine_key is not None:
             objects[self.engine_key] = engine
-        state = {key: obj.state_dict() for key, obj in objects.items()}
+        state = {key: _unwrap(obj).state_dict() for key, obj in objects.items()}
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
         self._last_saved = engine.state.iteration

@@ -15,6 +15,13 @@ import torch
 from ignite.engine import Engine, Events
 
 from monai_ext.data.predictions import make_prediction_record, write_predictions_csv, write_predictions_json
+from monai_ext.handlers.sharded import (
+    barrier,
+    is_main_process,
+    merge_prediction_shards,
+    rank_and_world_size,
+    write_prediction_shard,
+)
 from monai_ext.utils import atomic_write
 from monai_ext.visualize import save_overlay
 
@@ -42,6 +49,12 @@ class LandmarkPredictionWriter:
 
     Images that could not be loaded (see :mod:`monai_ext.data.dataset`) become entries with an ``error``
     (the message names the file and the reason), in input order among the predictions.
+
+    Distributed runs (a process group of several ranks, each predicting its share of a ``DistributedSampler``):
+    every rank writes its records to a shard ``<name>.rank<r>.json``/``.csv`` and rank 0 merges the shards into
+    ``<name>.json``/``.csv``, sorted by image path, then deletes them (:mod:`monai_ext.handlers.sharded`). Rank
+    ``r`` draws the overlays of its items at positions ``r, r + W, ...`` below ``num_overlays``, numbered
+    ``r + j * W``: with an unshuffled ``DistributedSampler`` these are the overlays a single process draws.
     """
 
     def __init__(
@@ -62,6 +75,7 @@ class LandmarkPredictionWriter:
         self.image_key, self.pred_key, self.confidence_key, self.gt_key = image_key, pred_key, confidence_key, gt_key
         self.records: list[dict] = []
         self._num_drawn = 0
+        self._rank, self._world_size = 0, 1
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
@@ -72,6 +86,7 @@ class LandmarkPredictionWriter:
     def reset(self, engine: Engine | None = None) -> None:
         self.records = []
         self._num_drawn = 0
+        self._rank, self._world_size = rank_and_world_size()
 
     def collect(self, engine: Engine) -> None:
         """Add this iteration's predictions and, in input order among them, its failed items: the
@@ -101,19 +116,33 @@ class LandmarkPredictionWriter:
         failed = getattr(engine.state, "failed_items", None) or []
         for f in sorted(failed, key=lambda f: f["position"]):  # positions in the loader's batch
             records.insert(min(f["position"], len(records)), (make_prediction_record(f["image"], error=f["error"]), None))
+        budget = len(range(self._rank, self.num_overlays, self._world_size))  # this rank's share of the overlays
         for record, overlay in records:
             self.records.append(record)
-            if overlay is not None and self._num_drawn < self.num_overlays:
+            if overlay is not None and self._num_drawn < budget:
                 filename, pred, gt = overlay
-                out = self.output_dir / "overlays" / f"{len(self.records) - 1:04d}_{Path(filename).stem}.png"
+                index = (len(self.records) - 1) * self._world_size + self._rank
+                out = self.output_dir / "overlays" / f"{index:04d}_{Path(filename).stem}.png"
                 save_overlay(filename, pred, out, gt=gt)
                 self._num_drawn += 1
 
     def write(self, engine: Engine | None = None) -> None:
-        js = write_predictions_json(self.records, self.output_dir / f"{self.name}.json", landmark_names=self.landmark_names)
-        write_predictions_csv(self.records, self.output_dir / f"{self.name}.csv")
-        failed = [r for r in self.records if r.get("error")]
-        self.logger.info(f"wrote {len(self.records)} predictions to {js} and .csv ({len(failed)} failed)")
+        rank, world_size = rank_and_world_size()
+        if world_size == 1:
+            records = self.records
+            write_predictions_json(records, self.output_dir / f"{self.name}.json", landmark_names=self.landmark_names)
+            write_predictions_csv(records, self.output_dir / f"{self.name}.csv")
+        else:
+            shard = write_prediction_shard(self.records, self.output_dir, self.name, rank, self.landmark_names)
+            self.logger.info(f"rank {rank}: wrote {len(self.records)} predictions to the shard {shard}")
+            barrier()
+            records = merge_prediction_shards(self.output_dir, self.name, world_size, self.landmark_names) if rank == 0 else []
+            barrier()  # the merged files exist when any rank returns
+            if rank != 0:
+                return
+        failed = [r for r in records if r.get("error")]
+        js = self.output_dir / f"{self.name}.json"
+        self.logger.info(f"wrote {len(records)} predictions to {js} and .csv ({len(failed)} failed)")
         for r in failed:
             self.logger.warning(f"no prediction for {r['image']}: {r['error']}")
 
@@ -121,7 +150,10 @@ class LandmarkPredictionWriter:
 class LandmarkMetricsWriter:
     """Write the full error summary of a landmark metric (``engine.state.metric_summaries[metric_name]``,
     stored by :class:`~monai_ext.metrics.ignite.LandmarkMetric`) as ``summary.json`` and the per-landmark
-    table as ``per_landmark.csv`` in ``output_dir`` when the run completes."""
+    table as ``per_landmark.csv`` in ``output_dir`` when the run completes.
+
+    In distributed runs the metric has gathered every rank's errors already (see
+    :class:`~monai_ext.metrics.ignite.LandmarkMetric`): only rank 0 writes."""
 
     def __init__(self, output_dir: str | os.PathLike, metric_name: str):
         self.output_dir = Path(output_dir)
@@ -131,6 +163,8 @@ class LandmarkMetricsWriter:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
         summary = getattr(engine.state, "metric_summaries", {}).get(self.metric_name)
         if summary is None:
             raise KeyError(f"no summary for metric {self.metric_name!r}: is it a LandmarkMetric of this engine?")

@@ -198,10 +198,14 @@ class StackedHourglass(nn.Module):
             :meth:`split_visibility`. The concatenated form is what the Adversarial PoseNet discriminators take.
         upsample_mode: ``"nearest"``, ``"linear"`` or ``"deconv"`` (see :func:`make_upsample`).
         norm: normalisation layer (MONAI ``Norm`` factory name or ``(name, kwargs)``), batch norm by default.
+        final_only: forward returns only the last stack's heatmaps (the prediction) as one tensor instead of the
+            list: the single-output form of ``monai.bundle`` ``verify_net_in_out`` and of the TorchScript/ONNX
+            exports. It adds no parameters (checkpoints load either way); training with intermediate supervision
+            needs the default list.
 
     Forward: image ``(B, in_channels, *S)`` with every spatial size a multiple of ``stem_stride * 2**depth`` ->
     list of ``num_stacks`` heatmap tensors ``(B, K or 2K, *S / output_stride)``, the last one being the final
-    prediction. Outputs are raw scores (no activation).
+    prediction (with ``final_only``, that last tensor alone). Outputs are raw scores (no activation).
     """
 
     def __init__(
@@ -217,6 +221,7 @@ class StackedHourglass(nn.Module):
         predict_visibility: bool = False,
         upsample_mode: str = "nearest",
         norm: str | tuple = Norm.BATCH,
+        final_only: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -233,6 +238,7 @@ class StackedHourglass(nn.Module):
         self.depth = depth
         self.stem_stride = stem_stride
         self.predict_visibility = predict_visibility
+        self.final_only = final_only
         n_out = 2 * out_channels if predict_visibility else out_channels
         conv = Conv[Conv.CONV, spatial_dims]
 
@@ -271,7 +277,7 @@ class StackedHourglass(nn.Module):
             raise ValueError("split_visibility: this network was built with predict_visibility=False.")
         return output[:, : self.num_landmarks], output[:, self.num_landmarks :]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
         check_spatial_size(x, self.spatial_dims, self.stem_stride * 2**self.depth, type(self).__name__)
         x = self.stem(x)
         outputs: list[torch.Tensor] = []
@@ -281,5 +287,5 @@ class StackedHourglass(nn.Module):
             outputs.append(heatmaps)
             if i < self.num_stacks - 1:
                 x = x + self.merge_features[i](feat) + self.merge_heatmaps[i](heatmaps)
-        return outputs
+        return outputs[-1] if self.final_only else outputs
 

@@ -309,7 +309,8 @@ class HRNet(nn.Module):
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Branch features ``[(B, C, W/4, H/4), (B, 2C, W/8, H/8), ...]`` of an input with its interaction maps."""
         expected = self.in_channels + self.hint_channels
-        if x.ndim != 4 or x.shape[1] != expected:
+        # a traced graph keeps no Python checks (they would only emit TracerWarnings), as in the other networks
+        if not torch.jit.is_tracing() and (x.ndim != 4 or x.shape[1] != expected):
             raise ValueError(
                 f"HRNet: input must be (B, {expected}, W, H) = image ({self.in_channels}) + interaction maps "
                 f"({self.hint_channels}) channels, got {tuple(x.shape)}."

@@ -36,6 +36,14 @@ from monai_ext.transforms.hints import (
     encode_hints,
     parse_clicks,
 )
+from monai_ext.transforms.occlusion import (
+    BlobOcclusion,
+    BorderCrop,
+    OcclusionSubset,
+    RandLandmarkOcclusion,
+    RandLandmarkOcclusiond,
+    insert_occlusion,
+)
 from monai_ext.transforms.roi import (
     LandmarkGroupCentresd,
     LandmarkGroups,

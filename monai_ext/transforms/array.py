@@ -14,6 +14,7 @@ around a flip/resize lands on the wrong pixel. :func:`move_points` applies MONAI
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -308,13 +309,20 @@ class MatchHistogram(Transform):
 
     Quantiles of the image inside its Otsu foreground mask (``mask="otsu"``; ``None`` for the whole
     image) are mapped piecewise-linearly onto the reference's quantiles; the mapping is applied to every
-    pixel. ``reference`` is an image array or a 1D array of ``num_quantiles`` reference quantiles
-    (see :meth:`reference_quantiles`).
+    pixel. ``reference`` is an image file (any format :func:`~monai_ext.data.readers.read_radiograph`
+    reads), an image array or a 1D array of ``num_quantiles`` reference quantiles (see
+    :meth:`reference_quantiles`).
     """
 
-    def __init__(self, reference: np.ndarray | torch.Tensor, mask: str | None = "otsu", num_quantiles: int = 256):
+    def __init__(
+        self, reference: str | os.PathLike | np.ndarray | torch.Tensor, mask: str | None = "otsu", num_quantiles: int = 256
+    ):
         self.mask = mask
         self.num_quantiles = num_quantiles
+        if isinstance(reference, (str, os.PathLike)):
+            from monai_ext.data.readers import read_radiograph  # monai_ext.data imports the transforms
+
+            reference = read_radiograph(reference)[0]
         ref = np.asarray(reference, dtype=np.float64)
         self.reference = ref if ref.ndim == 1 else self.reference_quantiles(ref, mask, num_quantiles)
 

@@ -116,11 +116,14 @@ class RandClickSimulationd(RandomizableTransform, MapTransform):
         return d
 
 
-def parse_clicks(clicks: Any, num_landmarks: int, source: str = "") -> np.ndarray:
+def parse_clicks(
+    clicks: Any, num_landmarks: int, source: str = "", image_size: Sequence[int] | None = None
+) -> np.ndarray:
     """``[{"landmark": k, "x": px, "y": px}, ...]`` -> ``(K, 2)`` float64 points, ``NaN`` for unclicked landmarks.
 
     A later click on the same landmark replaces an earlier one. Raises :class:`LandmarkDataError` naming
-    ``source`` (the image) for a malformed click, an index out of range or a non-finite coordinate.
+    ``source`` (the image) for a malformed click, an index out of range, a non-finite coordinate or, given the
+    original image's ``image_size`` ``(W, H)``, a click outside it (``[-0.5, W - 0.5] x [-0.5, H - 0.5]``).
     """
     where = f"{source}: " if source else ""
     out = np.full((int(num_landmarks), 2), np.nan, dtype=np.float64)
@@ -144,6 +147,13 @@ def parse_clicks(clicks: Any, num_landmarks: int, source: str = "") -> np.ndarra
             raise LandmarkDataError(f"{where}click {n}: landmark {k} is outside 0..{num_landmarks - 1}")
         if not (math.isfinite(x) and math.isfinite(y)):
             raise LandmarkDataError(f"{where}click {n}: coordinates must be finite, got ({x}, {y})")
+        if image_size is not None:
+            w, h = (int(v) for v in np.asarray(image_size).reshape(-1)[:2])
+            if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
+                raise LandmarkDataError(
+                    f"{where}click {n}: ({x}, {y}) is outside the {w} x {h} image "
+                    f"(x in [-0.5, {w - 0.5}], y in [-0.5, {h - 0.5}], original pixels)"
+                )
         out[k] = (x, y)
     return out
 
@@ -193,8 +203,9 @@ class ClicksToHintsd(MapTransform):
 
     Place it after the spatial preprocessing (e.g. ``FitToShaped``): the clicks are parsed with
     :func:`parse_clicks` and carried through ``move_points(meta["original_affine"] -> affine)``, the same mapping
-    the landmarks follow. An item without clicks gets all-``NaN`` hints (no click). The click list is removed from
-    the item (it would not collate) and kept, parsed, as ``hint_key + "_original"`` ``(K, 2)`` original pixels.
+    the landmarks follow. A click outside the original image (``meta["original_spatial_shape"]``, when known) is an
+    error. An item without clicks gets all-``NaN`` hints (no click). The click list is removed from the item (it
+    would not collate) and kept, parsed, as ``hint_key + "_original"`` ``(K, 2)`` original pixels.
     """
 
     def __init__(
@@ -213,11 +224,12 @@ class ClicksToHintsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         img = d[self.ref_key]
-        source = str(getattr(img, "meta", {}).get("filename_or_obj", d.get("image", "")))
+        meta = getattr(img, "meta", {})
+        source = str(meta.get("filename_or_obj", d.get("image", "")))
         raw = None
         for key in self.key_iterator(d):
             raw = d.pop(key)  # a ragged list of dicts would not collate into a batch
-        original = parse_clicks(raw, self.num_landmarks, source)
+        original = parse_clicks(raw, self.num_landmarks, source, meta.get("original_spatial_shape"))
         d[self.hint_key] = move_points(original, img.meta["original_affine"], img.affine).to(torch.float32)
         d[self.hint_key + "_original"] = torch.as_tensor(original, dtype=torch.float32)
         return d

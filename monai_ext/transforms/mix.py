@@ -24,7 +24,9 @@ class Mixup:
         prob: probability of mixing a batch (otherwise ``lam = 1`` and the identity permutation).
         seed: for reproducible draws.
 
-    ``__call__(images (B, C, *S))`` returns ``(mixed images, perm (B,), lam)``.
+    ``__call__(images (B, C, *S))`` returns ``(mixed images, perm (B,), lam)``. ``state_dict()`` /
+    ``load_state_dict()`` carry the generator's state, so a resumed training (a checkpoint entry) draws what the
+    uninterrupted one would have.
     """
 
     def __init__(self, alpha: float = 0.75, prob: float = 1.0, seed: int | None = None):
@@ -33,6 +35,13 @@ class Mixup:
         self.alpha = alpha
         self.prob = prob
         self.rng = np.random.default_rng(seed)
+
+    def state_dict(self) -> dict:
+        """The random generator's state (``numpy.random.Generator.bit_generator.state``)."""
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         b = images.shape[0]

@@ -22,8 +22,8 @@ from monai_ext.data.readers import read_radiograph
 from monai_ext.errors import LandmarkDataError
 from monai_ext.utils import atomic_path
 
-__all__ = ["disc_label", "landmark_result", "points_from_disc_label", "points_from_json", "read_landmark_label",
-           "write_label"]
+__all__ = ["clicks_by_index", "disc_label", "landmark_result", "points_from_disc_label", "points_from_json",
+           "read_landmark_label", "write_label"]
 
 COORDINATES = "x = column, y = row, in the original image's pixels; pixel centres at integers (top-left = (0, 0))"
 
@@ -62,6 +62,43 @@ def landmark_result(
         "image_size": [int(s) for s in image_size],
         "coordinates": COORDINATES,
     }
+
+
+def clicks_by_index(clicks: Any, names: Sequence[str], source: str = "") -> Any:
+    """The clicks of a request with each landmark given by index: ``[{"landmark": k or name, "x", "y"}, ...]`` ->
+    ``[{"landmark": k, "x", "y"}, ...]`` (``k`` = position in ``names``). A JSON string is decoded first.
+
+    Only the names are resolved here; everything else (keys, numbers, index range, inside the image) is checked by
+    the bundle's :class:`~monai_ext.transforms.ClicksToHintsd`, so anything that is not a list of objects is passed
+    on unchanged. Raises :class:`LandmarkDataError` naming ``source`` for a name that is not a landmark.
+    """
+    where = f"{source}: " if source else ""
+    if isinstance(clicks, str):
+        try:
+            clicks = json.loads(clicks) if clicks.strip() else None
+        except json.JSONDecodeError as e:
+            raise LandmarkDataError(f"{where}clicks are not valid JSON ({e.msg})") from e
+    if not isinstance(clicks, list):
+        return clicks
+    index = {str(n): k for k, n in enumerate(names)}
+    out = []
+    for n, click in enumerate(clicks):
+        landmark = click.get("landmark") if isinstance(click, Mapping) else None
+        if not isinstance(landmark, str):
+            out.append(click)
+            continue
+        if landmark in index:
+            landmark = index[landmark]
+        else:
+            try:
+                landmark = int(landmark)
+            except ValueError:
+                raise LandmarkDataError(
+                    f"{where}click {n}: {landmark!r} is neither a landmark index (0..{len(names) - 1}) nor one of "
+                    f"the landmark names {list(names)}"
+                ) from None
+        out.append({**click, "landmark": landmark})
+    return out
 
 
 def disc_label(points: Any, image_size: Sequence[int], radius: float = 3.0) -> np.ndarray:

@@ -1,0 +1,167 @@
+"""Performance switches of the scn, kneel and interactive_kp training configs (amp, compile, channels_last,
+cudnn_benchmark, pin_memory; scn: heatmaps_on_device): off by default; with the switches on a 1-epoch CPU training
+on 2 images runs (compiled, with dynamo's eager backend, for scn only: compiling the others takes long on a CPU,
+their test checks that every engine compiles the network); batch-level heatmap targets equal the per-sample ones."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bundle_workflow import bundle_workflow
+from monai.bundle import ConfigParser
+
+from monai_ext.data.synthetic import generate_dataset
+from monai_ext.engines.prepare_batch import PrepareLandmarkBatch, batch_heatmaps, to_channels_last
+from monai_ext.handlers import loss_from_output
+from monai_ext.transforms import GenerateLandmarkHeatmapd
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+KINDS = {"scn": "hand", "kneel": "knees", "interactive_kp": "spine"}
+
+
+def _channels_last(module: torch.nn.Module) -> bool:
+    convs = [p for p in module.parameters() if p.dim() == 4 and p.shape[-1] * p.shape[-2] > 1]
+    return bool(convs) and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+
+
+@pytest.mark.parametrize("bundle", sorted(KINDS))
+def test_switches_are_off_by_default(bundle: str, tmp_path: Path):
+    generate_dataset(KINDS[bundle], tmp_path / "data", n_train=1, n_val=1, n_test=0)
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / bundle / "configs" / f) for f in ("train.json", "quick.json")])
+    parser["dataset_dir"] = str(tmp_path / "data")
+    assert [parser.get_parsed_content(k) for k in ("use_amp", "use_compile", "use_channels_last")] == [False] * 3
+    assert "cudnn_benchmark" in parser["initialize"][-1] and parser["cudnn_benchmark"] is False
+    assert not _channels_last(parser.get_parsed_content("network"))
+    trainer = parser.get_parsed_content("train#trainer")
+    assert not trainer.amp and not trainer.compile and trainer.scaler is None
+    assert trainer.data_loader.pin_memory == torch.cuda.is_available()
+    if bundle == "scn":
+        assert parser.get_parsed_content("use_heatmaps_on_device") is False
+        assert trainer.prepare_batch.heatmap_sigma is None and "heatmap" in trainer.data_loader.dataset[0]
+
+
+def _engines(parser: ConfigParser, bundle: str) -> tuple[list, list, list]:
+    """``(trainers, evaluators, networks)`` of the training config (kneel: both stages)."""
+    stages = ["", "stage2#"] if bundle == "kneel" else [""]
+    return (
+        [parser.get_parsed_content(f"{s}train#trainer") for s in stages],
+        [parser.get_parsed_content(f"{s}validate#evaluator") for s in stages],
+        [parser.get_parsed_content(f"{s}network") for s in stages],
+    )
+
+
+@pytest.mark.parametrize("bundle", sorted(KINDS))
+def test_compile_switch_reaches_every_engine(bundle: str, tmp_path: Path):
+    generate_dataset(KINDS[bundle], tmp_path / "data", n_train=1, n_val=1, n_test=0)
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / bundle / "configs" / f) for f in ("train.json", "quick.json")])
+    parser.update({"dataset_dir": str(tmp_path / "data"), "compile": "true", "compile_kwargs": {"mode": "reduce-overhead"}})
+    trainers, evaluators, networks = _engines(parser, bundle)
+    for engine, network in zip(trainers + evaluators, networks + networks):
+        assert engine.compile and engine.network._orig_mod is network  # torch.compile'd by MONAI, lazily
+        assert engine.network._orig_mod is not engine.network and not _channels_last(network)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", sorted(KINDS))
+def test_switches_on_train_one_epoch_on_cpu(bundle: str, tmp_path: Path):
+    generate_dataset(KINDS[bundle], tmp_path / "data", n_train=2, n_val=1, n_test=0)
+    extra = {"heatmaps_on_device": "true", "compile": True} if bundle == "scn" else {}
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        wf = bundle_workflow(
+            BUNDLES / bundle, ["train.json"], "training", tmp_path,
+            amp=True, compile_kwargs={"backend": "eager"},  # eager: dynamo without inductor's C++ build
+            channels_last="true", cudnn_benchmark="True", batch_size=2, **extra,  # strings as the command line gives
+        )
+        assert torch.backends.cudnn.benchmark is True  # set after set_determinism turned it off
+        parser = wf.parser
+        trainers, evaluators, networks = _engines(parser, bundle)
+        # MONAI's amp is CUDA autocast only: on the CPU the switch resolves to off instead of a no-op autocast
+        assert parser.get_parsed_content("use_amp") is torch.cuda.is_available()
+        assert parser.get_parsed_content("amp_kwargs")["dtype"] in (torch.bfloat16, torch.float16)
+        for engine, network in zip(trainers + evaluators, networks + networks):
+            assert engine.compile == (bundle == "scn") and getattr(engine.network, "_orig_mod", engine.network) is network
+            assert engine.amp is torch.cuda.is_available()
+            assert engine.data_loader.pin_memory == torch.cuda.is_available()
+        assert all(_channels_last(n) for n in networks)
+        prepare = trainers[0].prepare_batch
+        prepare = getattr(prepare, "prepare_batch", prepare)  # kneel's mixup wraps it
+        if isinstance(prepare, PrepareLandmarkBatch):
+            batch = next(iter(trainers[0].data_loader))
+            image, target = prepare(batch, torch.device("cpu"))
+            assert image.is_contiguous(memory_format=torch.channels_last)
+            if bundle == "scn":
+                _assert_targets_match_per_sample(batch, image, target, parser)
+        wf.run()
+        wf.finalize()
+        for trainer in trainers:
+            assert trainer.state.iteration >= 1 and math.isfinite(float(loss_from_output(trainer.state.output)))
+        assert (tmp_path / "models" / "model.pt").is_file()
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _assert_targets_match_per_sample(batch: dict, image: torch.Tensor, target, parser: ConfigParser) -> None:
+    """scn with heatmaps_on_device: the pipeline leaves the heatmaps out, the batch-level ones are the per-sample ones."""
+    assert "heatmap" not in batch and "landmark_mask" not in batch
+    heatmap, mask = target
+    per_sample = GenerateLandmarkHeatmapd(
+        keys="landmarks", sigma=parser.get_parsed_content("heatmap_sigma"),
+        amplitude=parser.get_parsed_content("heatmap_amplitude"),
+    )
+    for i in range(image.shape[0]):
+        ref = per_sample({"image": image[i], "landmarks": batch["landmarks"][i]})
+        torch.testing.assert_close(heatmap[i], ref["heatmap"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(mask[i], ref["landmark_mask"])
+
+
+def test_batch_heatmaps_equal_the_per_sample_targets():
+    rng = np.random.default_rng(0)
+    points = torch.as_tensor(rng.uniform(-3, 40, (3, 5, 2)), dtype=torch.float32)  # sub-pixel, some outside
+    points[0, 1] = math.nan
+    points[2, 4] = math.nan
+    image = torch.zeros(1, 37, 29)
+    for sigma, amplitude, normalize in ((2.0, 100.0, False), ([1.0, 1.5, 2.0, 3.0, 4.0], 1.0, False), (2.5, 1.0, True)):
+        heatmap, mask = batch_heatmaps(points, image.shape[1:], sigma, amplitude, normalize)
+        assert heatmap.shape == (3, 5, 37, 29) and heatmap.dtype == torch.float32 and mask.shape == (3, 5)
+        per_sample = GenerateLandmarkHeatmapd(keys="landmarks", sigma=sigma, amplitude=amplitude, normalize=normalize)
+        for i in range(3):
+            ref = per_sample({"image": image, "landmarks": points[i]})
+            torch.testing.assert_close(heatmap[i], ref["heatmap"], atol=1e-5, rtol=0)
+            torch.testing.assert_close(mask[i], ref["landmark_mask"])
+        assert mask[0, 1] == 0 and mask[2, 4] == 0 and float(mask.sum()) == 13
+        assert not heatmap[0, 1].any() and not heatmap[2, 4].any() and heatmap[0, 0].max() > 0
+
+
+def test_prepare_batch_builds_heatmaps_from_the_batch_landmarks_on_the_device():
+    points = torch.tensor([[[3.0, 4.5], [math.nan, math.nan]], [[10.2, 1.0], [6.0, 6.0]]])
+    batch = {"image": torch.rand(2, 1, 16, 12), "landmarks": points}
+    image, (heatmap, mask) = PrepareLandmarkBatch(heatmap_sigma=1.5, heatmap_amplitude=100.0)(batch, torch.device("cpu"))
+    expected = batch_heatmaps(points, (16, 12), 1.5, 100.0)
+    torch.testing.assert_close(heatmap, expected[0])
+    torch.testing.assert_close(mask, torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    assert float(heatmap[0, 0].max()) == pytest.approx(100.0 * math.exp(-0.25 / (2 * 1.5**2)))  # (3, 4.5): 0.5 px off
+    given = {**batch, "heatmap": torch.ones(2, 2, 16, 12), "landmark_mask": torch.ones(2, 2)}
+    _, (kept, _) = PrepareLandmarkBatch(heatmap_sigma=1.5)(given, torch.device("cpu"))
+    assert torch.equal(kept, given["heatmap"])  # the batch's own heatmaps win
+    _, target = PrepareLandmarkBatch()(batch, torch.device("cpu"))
+    assert target is batch["landmarks"]  # no sigma: evaluation target, the landmarks
+    with pytest.raises(KeyError, match="landmarks"):
+        PrepareLandmarkBatch(heatmap_sigma=1.5)({"image": batch["image"]}, torch.device("cpu"))
+
+
+def test_channels_last_changes_strides_only():
+    x = torch.rand(2, 3, 8, 6)
+    y = to_channels_last(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(x, y)
+    assert to_channels_last(torch.rand(1, 2, 4, 4, 4)).is_contiguous(memory_format=torch.channels_last_3d)
+    flat = torch.rand(2, 3)
+    assert to_channels_last(flat) is flat
+    image, _ = PrepareLandmarkBatch(channels_last=True)({"image": x}, torch.device("cpu"))
+    assert image.is_contiguous(memory_format=torch.channels_last) and torch.equal(image, x)

@@ -1,0 +1,93 @@
+"""SCN method switches: learnable per-landmark sigmas (configs/learnable_sigma.json), histogram matching to a
+reference image, and the 512x512 variant config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from bundle_workflow import bundle_workflow
+
+from monai_ext.data import load_datalist
+from monai_ext.transforms import MatchHistogram
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "scn"
+
+
+def test_learnable_sigma_trains_the_sigmas_with_the_network(tmp_path: Path):
+    wf = bundle_workflow(BUNDLE, ["train.json", "learnable_sigma.json"], "training", tmp_path, max_epochs=1, batch_size=2)
+    loss = wf.parser.get_parsed_content("loss")
+    optimizer = wf.parser.get_parsed_content("optimizer")
+    assert any(p is loss.sigma for group in optimizer.param_groups for p in group["params"])
+    before = loss.sigma.detach().clone()
+    np.testing.assert_allclose(before.numpy(), 3.0)
+    wf.run()
+    wf.finalize()
+    after = loss.sigma.detach()
+    assert after.shape == (wf.parser.get_parsed_content("num_landmarks"),)
+    assert not torch.allclose(before, after), "the sigmas did not receive gradients"
+    assert torch.isfinite(after).all() and (after > 0).all()
+    saved = torch.load(tmp_path / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    torch.testing.assert_close(saved["loss"]["sigma"], after)
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_histogram_matching_reference_from_a_file_matches_foreground_quantiles(tmp_path: Path):
+    wf = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path, max_epochs=1)
+    datalist = Path(wf.parser.get_parsed_content("datalist"))
+    items = load_datalist(datalist, "training")
+    ref_path, image_path = items[0]["image"], items[1]["image"]
+    from monai_ext.data.readers import read_radiograph
+
+    reference, image = read_radiograph(ref_path)[0], read_radiograph(image_path)[0]
+    from_file = MatchHistogram(ref_path)
+    np.testing.assert_allclose(from_file.reference, MatchHistogram(reference).reference)
+    out = np.asarray(from_file(torch.as_tensor(image[None])))[0]
+    assert out.shape == image.shape
+    # the monotone mapping sends the image's foreground (its own Otsu mask) quantiles onto the reference's
+    from skimage.filters import threshold_otsu
+
+    fg = image > threshold_otsu(image)
+    levels = np.linspace(0.05, 0.95, 19)
+    ref_fg = reference[reference > threshold_otsu(reference)]
+    np.testing.assert_allclose(np.quantile(out[fg], levels), np.quantile(ref_fg, levels), atol=0.02 * np.ptp(reference))
+    assert not np.allclose(np.quantile(image[fg], levels), np.quantile(ref_fg, levels), atol=0.02 * np.ptp(reference))
+
+
+def test_size512_variant_resolves_to_the_512_network_input(tmp_path: Path):
+    files = [str(BUNDLE / "configs" / c) for c in ("train.json", "size512.json")]
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(files)
+    assert parser.get_parsed_content("spatial_size") == [512, 512]
+    assert parser.get_parsed_content("heatmap_sigma") == 4.0
+    doc = json.loads((BUNDLE / "configs" / "size512.json").read_text())
+    assert "local_filters" in doc["_comment"]
+
+
+def test_histogram_matching_switch_puts_the_match_in_every_pipeline(tmp_path: Path):
+    wf = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path, max_epochs=1, batch_size=2,
+                         histogram_matching="True")
+    names = lambda compose: [type(t).__name__ for t in compose.transforms]  # noqa: E731
+    train, val = wf.parser.get_parsed_content("train#preprocessing"), wf.parser.get_parsed_content("validate#preprocessing")
+    for pipeline in (train, val):
+        n = names(pipeline)
+        assert n.index("MatchHistogramd") == n.index("FitToShaped") + 1, n
+    reference = wf.parser.get_parsed_content("histogram_reference")
+    assert Path(reference).is_file()
+    wf.run()  # trains one epoch with the matching on
+    wf.finalize()
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+    off = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path / "off", max_epochs=1)
+    assert "MatchHistogramd" not in names(off.parser.get_parsed_content("train#preprocessing"))
+
+    inf = bundle_workflow(BUNDLE, ["inference.json"], "inference", tmp_path, histogram_matching=True,
+                          histogram_reference=reference)
+    n = names(inf.parser.get_parsed_content("preprocessing"))
+    assert n.index("MatchHistogramd") == n.index("FitToShaped") + 1
+    inf.run()
+    assert (tmp_path / "eval" / "predictions.json").is_file()
