@@ -54,6 +54,28 @@ def test_bundle_uses_model_zoo_ids(bundle: Path):
     assert not missing, f"{bundle.name}/configs/train.json lacks config ids {missing}"
 
 
+def _affine_ranges(node, path=""):
+    """Every MONAI Rand(Affine|Zoom|Rotate)d-style config dict with per-axis ranges, depth first."""
+    if isinstance(node, dict):
+        if str(node.get("_target_", "")).startswith("RandAffine"):
+            yield path, node
+        for k, v in node.items():
+            yield from _affine_ranges(v, f"{path}#{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _affine_ranges(v, f"{path}#{i}")
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_random_scaling_covers_both_axes(bundle: Path):
+    """MONAI's ``RandAffine(scale_range=0.15)`` in 2D scales x only (one range = the first axis): give one per axis."""
+    config = json.loads((bundle / "configs" / "train.json").read_text())
+    found = list(_affine_ranges(config))
+    for path, node in found:
+        if "scale_range" in node:
+            assert isinstance(node["scale_range"], list) and len(node["scale_range"]) == 2, (path, node["scale_range"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
 def test_bundle_trains_one_epoch_and_infers(bundle: Path, tmp_path: Path):

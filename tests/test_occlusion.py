@@ -252,11 +252,13 @@ def test_insert_occlusion_goes_before_the_fitting_step():
         insert_occlusion([first], occ)
 
 
-def test_evaluate_occlusion_config_wires_the_transform_metrics_and_writers():
+def test_evaluate_occlusion_config_wires_the_transform_metrics_and_writers(tmp_path):
+    from monai_ext.data.synthetic import generate_dataset
+
+    datalist = generate_dataset("limbs", tmp_path / "data", n_train=1, n_val=1, n_test=1)  # a fresh clone has no data
     parser = ConfigParser()
     parser.read_config([str(BUNDLE / "configs" / c) for c in ("train.json", "evaluate.json", "evaluate_occlusion.json")])
-    parser.update({"bundle_root": str(BUNDLE), "datalist": str(BUNDLE / "data" / "synthetic_limbs" / "datalist.json"),
-                   "occlusion": "crop"})
+    parser.update({"bundle_root": str(BUNDLE), "datalist": str(datalist), "occlusion": "crop"})
     names = [type(t).__name__ for t in parser.get_parsed_content("validate#dataset#transform").transforms]
     assert names[names.index("RandLandmarkOcclusiond") + 1] == "FitToShaped"
     assert names.index("RandLandmarkOcclusiond") < names.index("ScaleIntensityRangePercentilesd")

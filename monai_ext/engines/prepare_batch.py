@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.engines import PrepareBatch
 from monai.utils import CommonKeys, convert_to_tensor
 
 from monai_ext.losses.heatmap import gaussian_heatmaps
+
+if TYPE_CHECKING:
+    from monai_ext.transforms.batch_affine import BatchRandAffine
 
 __all__ = ["PrepareLandmarkBatch", "batch_heatmaps", "to_channels_last"]
 
@@ -71,6 +74,10 @@ class PrepareLandmarkBatch(PrepareBatch):
         heatmap_amplitude, heatmap_normalize: as for ``GenerateLandmarkHeatmapd``.
         channels_last: give the image to the network in channels-last memory layout (:func:`to_channels_last`),
             to pair with a network converted by ``network.to(memory_format=torch.channels_last)``.
+        augment: a :class:`~monai_ext.transforms.batch_affine.BatchRandAffine` applied to the image and landmarks
+            on the device, before the heatmaps are built from the moved landmarks (training only: give the
+            evaluators an instance without it). The batch must carry landmarks and no precomputed heatmaps
+            (those would not follow the warp); without ``heatmap_sigma`` the target is the moved landmarks.
     """
 
     def __init__(
@@ -83,6 +90,7 @@ class PrepareLandmarkBatch(PrepareBatch):
         heatmap_amplitude: float = 1.0,
         heatmap_normalize: bool = False,
         channels_last: bool = False,
+        augment: BatchRandAffine | None = None,
     ):
         self.image_key = image_key
         self.heatmap_key = heatmap_key
@@ -92,6 +100,7 @@ class PrepareLandmarkBatch(PrepareBatch):
         self.heatmap_amplitude = float(heatmap_amplitude)
         self.heatmap_normalize = bool(heatmap_normalize)
         self.channels_last = bool(channels_last)
+        self.augment = augment
 
     def __call__(
         self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
@@ -100,16 +109,25 @@ class PrepareLandmarkBatch(PrepareBatch):
             return x.to(device=device, non_blocking=non_blocking, **kwargs) if isinstance(x, torch.Tensor) else x
 
         image = move(batchdata[self.image_key])
+        landmarks = batchdata.get(self.landmark_key)
+        if self.augment is not None:
+            if self.heatmap_key in batchdata:
+                raise ValueError(
+                    f"PrepareLandmarkBatch: the batch has precomputed '{self.heatmap_key}', which would not follow the "
+                    "on-device augmentation; build the heatmaps here instead (heatmap_sigma / heatmaps_on_device)."
+                )
+            if landmarks is None:
+                raise KeyError(f"PrepareLandmarkBatch: no '{self.landmark_key}' in the batch for the augmentation to move.")
+            image, landmarks = self.augment(image, move(landmarks))
         if self.channels_last:
             image = to_channels_last(image)
         if self.heatmap_key in batchdata:
             return image, (move(batchdata[self.heatmap_key]), move(batchdata[self.mask_key]))
         if self.heatmap_sigma is not None:
-            landmarks = batchdata.get(self.landmark_key)
             if landmarks is None:
                 raise KeyError(f"PrepareLandmarkBatch: no '{self.landmark_key}' in the batch to build heatmaps from.")
             heatmap, mask = batch_heatmaps(
                 move(landmarks), image.shape[2:], self.heatmap_sigma, self.heatmap_amplitude, self.heatmap_normalize
             )
             return image, (heatmap, mask)
-        return image, move(batchdata.get(self.landmark_key))
+        return image, move(landmarks)

@@ -36,6 +36,7 @@ from monai_ext.transforms.hints import (
     encode_hints,
     parse_clicks,
 )
+from monai_ext.transforms.batch_affine import BatchRandAffine
 from monai_ext.transforms.occlusion import (
     BlobOcclusion,
     BorderCrop,
