@@ -162,3 +162,17 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path, dataset_dir: Path)
     for k, v in saved["generator"].items():
         torch.testing.assert_close(seen["weights"][k], v)
     wf.finalize()
+
+
+@pytest.mark.parametrize("value, expected", [("false", False), ("False", False), ("no", False), ("true", True), ("1", True)])
+def test_command_line_booleans_switch_the_discriminators(value: str, expected: bool, tmp_path: Path):
+    """``--adversarial false`` from a shell or a fire dict arrives as a string: it must not read as ``True``."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json")])
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tmp_path / "data"), "adversarial": value, "amp": value})
+    assert parser.get_parsed_content("use_pose_discriminator") is expected
+    assert parser.get_parsed_content("use_confidence_discriminator") is expected
+    assert parser.get_parsed_content("use_amp") is expected
+    with pytest.raises(RuntimeError):  # a typo is an error, not a silent True
+        parser.update({"adversarial": "flase"})
+        parser.get_parsed_content("use_adversarial")
