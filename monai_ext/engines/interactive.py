@@ -41,6 +41,7 @@ from monai.utils import CommonKeys, convert_to_tensor
 from monai_ext.clinical.cobb import cobb_angles, smape
 from monai_ext.decoding import decode_heatmaps
 from monai_ext.metrics.distances import radial_errors_tensor
+from monai_ext.engines.prepare_batch import to_device
 from monai_ext.utils import as_flag
 from monai_ext.transforms.array import move_points, points_to_mm, points_to_original
 from monai_ext.transforms.hints import encode_hints
@@ -117,7 +118,7 @@ class PrepareInteractiveBatch(PrepareBatch):
         self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
     ) -> tuple[torch.Tensor, Any]:
         def move(x: Any) -> Any:
-            return x.to(device=device, non_blocking=non_blocking, **kwargs) if isinstance(x, torch.Tensor) else x
+            return to_device(x, device, non_blocking, **kwargs)
 
         image = move(batchdata[self.image_key])
         inputs = interactive_inputs(

@@ -14,7 +14,7 @@ from monai_ext.losses.heatmap import gaussian_heatmaps
 if TYPE_CHECKING:
     from monai_ext.transforms.batch_affine import BatchRandAffine
 
-__all__ = ["PrepareLandmarkBatch", "batch_heatmaps", "to_channels_last"]
+__all__ = ["PrepareLandmarkBatch", "batch_heatmaps", "to_channels_last", "to_device"]
 
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -54,6 +54,11 @@ def batch_heatmaps(
     sig = torch.as_tensor(sigma, dtype=torch.float32, device=pts.device)
     heatmap = gaussian_heatmaps(pts, tuple(spatial_shape), sigma=sig, amplitude=amplitude, normalize=normalize)
     return heatmap, torch.isfinite(pts).all(-1).to(torch.float32)
+
+
+def to_device(x: Any, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any) -> Any:
+    """``x.to(device, non_blocking, **kwargs)`` for a tensor; anything else (None, lists of names) unchanged."""
+    return x.to(device=device, non_blocking=non_blocking, **kwargs) if isinstance(x, torch.Tensor) else x
 
 
 class PrepareLandmarkBatch(PrepareBatch):
@@ -106,7 +111,7 @@ class PrepareLandmarkBatch(PrepareBatch):
         self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
     ) -> tuple[torch.Tensor, Any]:
         def move(x: Any) -> Any:
-            return x.to(device=device, non_blocking=non_blocking, **kwargs) if isinstance(x, torch.Tensor) else x
+            return to_device(x, device, non_blocking, **kwargs)
 
         image = move(batchdata[self.image_key])
         landmarks = batchdata.get(self.landmark_key)
