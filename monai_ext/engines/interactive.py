@@ -20,6 +20,7 @@ Errors are those of :mod:`monai_ext.metrics.distances` in ORIGINAL image pixels 
 
 from __future__ import annotations
 
+import functools
 import csv
 import json
 import logging
@@ -117,8 +118,7 @@ class PrepareInteractiveBatch(PrepareBatch):
     def __call__(
         self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
     ) -> tuple[torch.Tensor, Any]:
-        def move(x: Any) -> Any:
-            return to_device(x, device, non_blocking, **kwargs)
+        move = functools.partial(to_device, device=device, non_blocking=non_blocking, **kwargs)
 
         image = move(batchdata[self.image_key])
         inputs = interactive_inputs(

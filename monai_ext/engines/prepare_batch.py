@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -110,8 +111,7 @@ class PrepareLandmarkBatch(PrepareBatch):
     def __call__(
         self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
     ) -> tuple[torch.Tensor, Any]:
-        def move(x: Any) -> Any:
-            return to_device(x, device, non_blocking, **kwargs)
+        move = functools.partial(to_device, device=device, non_blocking=non_blocking, **kwargs)
 
         image = move(batchdata[self.image_key])
         landmarks = batchdata.get(self.landmark_key)

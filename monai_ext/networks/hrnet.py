@@ -49,6 +49,13 @@ class SEBlock(nn.Module):
         return x * self.fc(x)
 
 
+def _shortcut(in_channels: int, out_channels: int, stride: int, bn_momentum: float) -> nn.Module:
+    """Residual shortcut: 1x1 strided convolution + BN when the shape changes, else the identity."""
+    if stride == 1 and in_channels == out_channels:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), _bn(out_channels, bn_momentum))
+
+
 class BasicBlock(nn.Module):
     """Residual block ``3x3 -> 3x3`` (+ SE before the addition when ``se_reduction``); ``expansion = 1``."""
 
@@ -63,11 +70,7 @@ class BasicBlock(nn.Module):
         self.bn2 = _bn(out, bn_momentum)
         self.se = SEBlock(out, se_reduction) if se_reduction else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = (
-            nn.Sequential(nn.Conv2d(in_channels, out, 1, stride, bias=False), _bn(out, bn_momentum))
-            if stride != 1 or in_channels != out
-            else nn.Identity()
-        )
+        self.downsample = _shortcut(in_channels, out, stride, bn_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.bn1(self.conv1(x)))
@@ -91,11 +94,7 @@ class Bottleneck(nn.Module):
         self.bn3 = _bn(out, bn_momentum)
         self.se = SEBlock(out, se_reduction) if se_reduction else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = (
-            nn.Sequential(nn.Conv2d(in_channels, out, 1, stride, bias=False), _bn(out, bn_momentum))
-            if stride != 1 or in_channels != out
-            else nn.Identity()
-        )
+        self.downsample = _shortcut(in_channels, out, stride, bn_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.bn1(self.conv1(x)))
