@@ -34,6 +34,8 @@ __all__ = [
     "RunTimer",
     "StepTiming",
     "StopAfterMinutes",
+    "ValidationHistory",
+    "release_workers",
     "count_images",
     "detection_rate_curve",
     "latency_stats",
@@ -200,6 +202,60 @@ class StopAfterMinutes:
     def _epoch_completed(self, engine: Engine) -> None:
         if self._start is not None and self.clock() - self._start >= 60.0 * self.minutes:
             engine.terminate()
+
+
+class ValidationHistory:
+    """Records the validation metrics after every validation run with the training time spent so far, for
+    time-to-accuracy curves (metric vs minutes of training).
+
+    Each record: ``{"epoch", "iteration", "wall_s", "train_s", "metrics"}``: ``wall_s`` is the time since the
+    trainer started, validation included (what a fixed budget pays); ``train_s`` leaves the validation runs out.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.records: list[dict[str, Any]] = []
+        self._start: float | None = None
+        self._validation_started: float | None = None
+        self._validation_s = 0.0
+
+    def attach(self, trainer: Engine, evaluator: Engine) -> None:
+        trainer.add_event_handler(Events.STARTED, self._started)
+        evaluator.add_event_handler(Events.STARTED, self._validation_start)
+        evaluator.add_event_handler(Events.COMPLETED, self._validation_completed, trainer)
+
+    def _started(self, engine: Engine) -> None:
+        self._start, self._validation_s = self.clock(), 0.0
+
+    def _validation_start(self, engine: Engine) -> None:
+        self._validation_started = self.clock()
+
+    def _validation_completed(self, evaluator: Engine, trainer: Engine) -> None:
+        now = self.clock()
+        if self._validation_started is not None:
+            self._validation_s += now - self._validation_started
+            self._validation_started = None
+        if self._start is None:  # a validation outside training
+            return
+        metrics = {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float, np.generic))}
+        self.records.append({
+            "epoch": int(trainer.state.epoch),
+            "iteration": int(trainer.state.iteration),
+            "wall_s": now - self._start,
+            "train_s": now - self._start - self._validation_s,
+            "metrics": metrics,
+        })
+
+
+def release_workers(*loaders: Any) -> None:
+    """End the worker processes of DataLoaders with ``persistent_workers`` (they outlive an epoch, and the
+    engine keeps the iterator): call after training so idle workers neither hold memory during later timings
+    nor keep the interpreter waiting at exit."""
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            loader._iterator = None
 
 
 def _rss(process: Any) -> int:

@@ -16,6 +16,8 @@ until ``--minutes`` have passed) and records, in one JSON file (written atomical
 
 * ``training``: images/s and the fraction of step time spent waiting for the DataLoader, over the steady-state
   epochs (the first one excluded when more than one ran), per-epoch figures, validation seconds, peak memory;
+* ``training.validation_history``: every validation during training with the minutes trained so far (a
+  time-to-accuracy curve: MRE vs minutes);
 * ``validation``: the evaluator's metrics after the last epoch, the key metric's full summary (MRE, SDR/PCK
   at each radius, per landmark) and an SDR/PCK curve over radii computed from the per-point errors;
 * ``inference``: with ``configs/inference.json`` on the best checkpoint of this training, the latency of one
@@ -51,9 +53,11 @@ from monai_ext.benchmark import (  # noqa: E402
     PeakMemoryMonitor,
     RunTimer,
     StopAfterMinutes,
+    ValidationHistory,
     detection_rate_curve,
     latency_stats,
     machine_info,
+    release_workers,
 )
 from monai_ext.data.datalist import list_images, read_datalist  # noqa: E402
 from monai_ext.metrics.distances import radius_key  # noqa: E402
@@ -204,6 +208,7 @@ def run(
     warmup: int = 2,
     batch_size: int = 8,
     num_workers: int | None = None,
+    latency_devices: Any = None,
 ) -> str:
     """Train ``bundle`` in-process and record its benchmark as JSON; returns the JSON path.
 
@@ -224,6 +229,7 @@ def run(
         warmup: images run before the timed ones (not counted).
         batch_size: batch size of the throughput run.
         num_workers: DataLoader workers of the throughput run (default: the training config's).
+        latency_devices: devices timed at batch 1, e.g. ``cuda`` (default: ``cpu`` and, when present, ``cuda``).
     """
     if epochs is None and minutes is None:
         raise ValueError("give --epochs N and/or --minutes M: how long to train")
@@ -231,6 +237,13 @@ def run(
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     if int(latency_images) < 1 or int(warmup) < 0 or int(batch_size) < 1:
         raise ValueError("--latency_images and --batch_size must be >= 1 and --warmup >= 0")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if latency_devices is not None:
+        wanted = latency_devices.split(",") if isinstance(latency_devices, str) else list(latency_devices)
+        devices = [str(d).strip() for d in wanted if str(d).strip()]
+        unknown = [d for d in devices if d not in ("cpu", "cuda") or (d == "cuda" and not torch.cuda.is_available())]
+        if unknown or not devices:
+            raise ValueError(f"--latency_devices {latency_devices!r}: 'cpu' and/or 'cuda' (when present), got {unknown}")
     bundle_dir = _bundle_dir(bundle)
     extra = _extra_configs(bundle_dir, config)
     user = _parse_overrides(overrides)
@@ -238,14 +251,15 @@ def run(
         f"{bundle_dir.name}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}.json")
     command = _command(bundle=bundle, datalist=datalist, epochs=epochs, minutes=minutes, overrides=user,
                        config=",".join(Path(f).stem for f in extra) or None, out=str(out_path), section=section,
-                       latency_images=latency_images, warmup=warmup, batch_size=batch_size, num_workers=num_workers)
+                       latency_images=latency_images, warmup=warmup, batch_size=batch_size, num_workers=num_workers,
+                       latency_devices=None if latency_devices is None else ",".join(devices))
     with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
         work = Path(workdir).resolve() if workdir else Path(tmp)
         bundles = (REPO / "bundles").resolve()
         if work == bundles or bundles in work.parents:
             raise ValueError(f"--workdir {work}: benchmark outputs never go into {bundles}")
         record = _run(bundle_dir, extra, user, work, datalist, epochs, minutes, section, int(latency_images),
-                      int(warmup), int(batch_size), num_workers)
+                      int(warmup), int(batch_size), num_workers, devices)
     record = {"schema": SCHEMA, "name": out_path.stem, "command": command, **record}
     with atomic_write(out_path) as f:
         json.dump(_jsonable(record), f, indent=1, allow_nan=False)
@@ -267,6 +281,7 @@ def _run(
     warmup: int,
     batch_size: int,
     num_workers: int | None,
+    devices: Sequence[str],
 ) -> dict[str, Any]:
     from monai.bundle import ConfigParser
 
@@ -296,14 +311,17 @@ def _run(
         timer.attach(trainer)
         validation_timer = RunTimer()
         validation_timer.attach(evaluator)
+        history = ValidationHistory()
+        history.attach(trainer, evaluator)
         if minutes is not None:
             StopAfterMinutes(float(minutes)).attach(trainer)
         start = time.perf_counter()
         wf.run()
         train_wall = time.perf_counter() - start
-        if not evaluator.state.metrics:  # no validation at the last epochs (val_interval): validate once
-            evaluator.run()
+        if not history.records or history.records[-1]["epoch"] != trainer.state.epoch:
+            evaluator.run()  # the last epoch was not validated (val_interval): the figures are of the final weights
         wf.finalize()
+        release_workers(trainer.data_loader, evaluator.data_loader)
     datalist_path = str(parser.get_parsed_content("datalist"))
     unit = str(_get(parser, "unit", "mm"))
     train_summary = timer.summary(skip_first_epoch=True)
@@ -335,6 +353,7 @@ def _run(
         "wall_s": train_wall,
         **train_summary,
         "validation_s": validation_timer.seconds,
+        "validation_history": history.records,
         **train_memory.result(),
     }
     validation = _validation_record(evaluator, unit)
@@ -351,9 +370,8 @@ def _run(
     images = [item["image"] for item in list_images(datalist_path, section)]
     if not images:
         raise ValueError(f"{datalist_path}: section {section!r} has no images to time inference on")
-    devices = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
     latency = {}
-    for dev in devices:
+    for dev in (f"{d}:0" if d == "cuda" else d for d in devices):
         timed = list(itertools.islice(itertools.cycle(images), warmup + latency_images))
         out_dir = work / "inference" / f"latency_{dev.replace(':', '')}"
         over = {**base, "input": timed, "output_dir": str(out_dir), "device": f"$torch.device('{dev}')",
@@ -563,6 +581,55 @@ def plot_per_landmark(run: Mapping[str, Any], path: Path) -> bool:
     return True
 
 
+def _history_metric(run: Mapping[str, Any]) -> str | None:
+    """The metric the time-to-accuracy curve shows: the key metric, else an MRE-like one."""
+    history = run.get("training", {}).get("validation_history") or []
+    names = {k for h in history for k in h["metrics"]}
+    key = (run.get("validation") or {}).get("key_metric")
+    if key in names:
+        return key
+    return next((n for n in sorted(names) if "mre" in n.lower()), None)
+
+
+def plot_time_to_accuracy(run: Mapping[str, Any], path: Path) -> bool:
+    """Validation metric vs minutes of training (validation time included) as a PNG; False when the run has
+    fewer than two validations."""
+    from matplotlib.figure import Figure
+
+    history = run.get("training", {}).get("validation_history") or []
+    metric = _history_metric(run)
+    points = [(h["wall_s"] / 60.0, h["metrics"][metric]) for h in history if metric in h["metrics"]]
+    if len(points) < 2:
+        return False
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", markersize=3)
+    unit = (run.get("validation") or {}).get("unit", "")
+    ax.set_xlabel("training minutes (validation included)")
+    ax.set_ylabel(f"{metric} ({unit})")
+    if "mre" in metric.lower() and min(p[1] for p in points) > 0:
+        ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(f"{run['name']}: time to accuracy", fontsize=9)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    return True
+
+
+def time_to_accuracy(run: Mapping[str, Any]) -> str | None:
+    """One line: the curve's metric at its best, when it was reached, and its last value."""
+    history = run.get("training", {}).get("validation_history") or []
+    metric = _history_metric(run)
+    points = [(h["wall_s"] / 60.0, h["metrics"][metric]) for h in history if metric in h["metrics"]]
+    if not points:
+        return None
+    higher = any(k in metric.lower() for k in ("pck", "sdr", "recall"))
+    best = (max if higher else min)(points, key=lambda p: p[1])
+    unit = (run.get("validation") or {}).get("unit", "")
+    return (f"{metric} {_number(points[-1][1])} {unit} after {_number(points[-1][0])} min; best "
+            f"{_number(best[1])} {unit} at {_number(best[0])} min ({len(points)} validations)")
+
+
 TABLE_HEADER = ("run", "bundle", "dataset", "resolution", "epochs", "train img/s", "data wait", "peak RSS (+workers)",
                 "peak GPU", "MRE", "SDR/PCK", "latency median / p95", "throughput", "machine", "date")
 
@@ -649,13 +716,18 @@ def report(runs: str = "runs/bench", out: str = "docs/benchmarks.md", plots: str
             f"torch threads, {_number(m.get('memory_total_gb'), 0)} GB RAM), GPU {m.get('gpu') or 'none'}; "
             f"torch {m.get('torch')}, MONAI {m.get('monai')}, Python {m.get('python')}; "
             f"commit {str(m.get('git_commit'))[:10]}{' (modified)' if m.get('git_dirty') else ''}; {run.get('date')}",
-            "",
         ]
-        for kind, plot in (("detection", plot_detection_curve), ("landmarks", plot_per_landmark)):
+        tta = time_to_accuracy(run)
+        if tta:
+            lines.append(f"- time to accuracy (validation during training): {tta}")
+        lines.append("")
+        for kind, plot in (("detection", plot_detection_curve), ("landmarks", plot_per_landmark),
+                           ("time", plot_time_to_accuracy)):
             png = plot_dir / f"{name}_{kind}.png"
             if plot(run, png):
                 rel = os.path.relpath(png, out_path.parent).replace(os.sep, "/")
-                title = "SDR/PCK vs radius" if kind == "detection" else "per-landmark error"
+                title = {"detection": "SDR/PCK vs radius", "landmarks": "per-landmark error",
+                         "time": "validation metric vs training minutes"}[kind]
                 lines += [f"![{name}: {title}]({rel})", ""]
     with atomic_write(out_path) as f:
         f.write("\n".join(lines).rstrip("\n") + "\n")
@@ -673,4 +745,13 @@ def main(argv: Sequence[str] | None = None) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        # a failed run must end: DataLoader workers / pin-memory threads of an interrupted CUDA run were seen
+        # keeping the interpreter alive at shutdown (H100, persistent workers), so skip the teardown
+        os._exit(1)

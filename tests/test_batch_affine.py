@@ -1,6 +1,7 @@
 """BatchRandAffine: batch-level random affine on the batch's device, landmarks moved by the same matrices
-(pixel-centre convention, (C, W, H) layout: checked on non-square images), and its wiring into
-PrepareLandmarkBatch and the scn training config (augment_on_device)."""
+(pixel-centre convention, (C, W, H) layout: checked on non-square images), its checkpointable random state,
+and its wiring into PrepareLandmarkBatch and the scn training configs (augment_on_device, resume checkpoint,
+a seed per rank under DDP)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import numpy as np
 import pytest
 import torch
 from bundle_workflow import bundle_workflow
+from ignite.handlers import Checkpoint
+from monai.bundle import ConfigParser
 
+from monai_ext.data.synthetic import generate_dataset
 from monai_ext.engines.prepare_batch import PrepareLandmarkBatch
 from monai_ext.handlers import loss_from_output
 from monai_ext.transforms.batch_affine import BatchRandAffine
@@ -123,6 +127,95 @@ def test_deterministic_given_the_seed():
     a.set_random_state(7)
     assert torch.equal(a(images, points)[0], first[0][0])
     assert not torch.equal(BatchRandAffine(seed=8, **kw)(images, points)[0], first[0][0])
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_state_dict_continues_the_draws(device: str, tmp_path: Path):
+    images, points = torch.rand(3, 1, *SHAPE, device=device), _points(3).to(device)
+    kw = dict(rotate_range=0.25, scale_range=0.15, translate_range=5.0, flip_prob=0.5, flip_pairs=[[0, 1]])
+    saved = BatchRandAffine(seed=11, **kw)
+    for _ in range(3):
+        saved(images, points)
+    state = saved.state_dict()
+    assert state["seed"] == 11 and set(state["generators"]) == {str(torch.device(device))}
+    torch.save({"aug": state}, tmp_path / "checkpoint.pt")
+    twin = [saved(images, points) + (saved.matrix.clone(), saved.flipped.clone()) for _ in range(2)]  # uninterrupted
+
+    loaded = BatchRandAffine(seed=0, **kw)  # another seed, and generators already used: both are replaced
+    loaded(images, points)
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", map_location=device, weights_only=True)
+    Checkpoint.load_objects(to_load={"aug": loaded}, checkpoint=checkpoint)  # what CheckpointLoader calls
+    assert loaded.seed == 11
+    for out, moved, matrix, flipped in twin:
+        out_l, moved_l = loaded(images, points)
+        assert torch.equal(loaded.matrix, matrix) and torch.equal(loaded.flipped, flipped)
+        assert torch.equal(out_l, out) and torch.equal(moved_l, moved)
+    fresh = BatchRandAffine(seed=11, **kw)
+    fresh(images, points)
+    assert not torch.equal(fresh.matrix, twin[0][2])  # the restored stream is not the seed's start
+    # the state is a snapshot: drawing after state_dict() does not change it
+    again = BatchRandAffine(**kw)
+    again.load_state_dict(state)
+    again(images, points)
+    assert torch.equal(again.matrix, twin[0][2])
+
+
+def test_load_state_dict_skips_missing_devices():
+    aug = BatchRandAffine(rotate_range=0.3, seed=4)
+    aug(torch.rand(2, 1, *SHAPE))
+    state = aug.state_dict()
+    missing = f"cuda:{torch.cuda.device_count()}"  # one index past the last GPU: never available
+    state["generators"][missing] = state["generators"]["cpu"].clone()
+    aug(torch.rand(2, 1, *SHAPE))
+    expected = aug.matrix
+    loaded = BatchRandAffine(rotate_range=0.3)
+    with pytest.warns(UserWarning, match=missing):
+        loaded.load_state_dict(state)
+    assert set(loaded.state_dict()["generators"]) == {"cpu"}
+    loaded(torch.rand(2, 1, *SHAPE))
+    assert torch.equal(loaded.matrix, expected)
+    with pytest.raises(KeyError, match="seed"):
+        loaded.load_state_dict({"generators": {}})
+
+
+def _scn_parser(tmp_path: Path, configs: tuple[str, ...] = ("train.json", "quick.json"), **overrides) -> ConfigParser:
+    if not (tmp_path / "data" / "datalist.json").is_file():
+        generate_dataset("hand", tmp_path / "data", n_train=1, n_val=1, n_test=0)
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / f) for f in configs])
+    parser.update({"dataset_dir": str(tmp_path / "data"), **overrides})
+    return parser
+
+
+def test_scn_checkpoint_has_the_augmentation_only_when_on(tmp_path: Path):
+    on = _scn_parser(tmp_path, augment_on_device="true")
+    objects = on.get_parsed_content("train#checkpoint_objects")
+    assert objects["batch_augmentation"] is on.get_parsed_content("train#prepare_batch").augment
+    assert isinstance(objects["batch_augmentation"], BatchRandAffine)
+    assert set(objects) == {"model", "optimizer", "lr_scheduler", "rng", "batch_augmentation"}
+    off = _scn_parser(tmp_path, augment_on_device=False)
+    assert set(off.get_parsed_content("train#checkpoint_objects")) == {"model", "optimizer", "lr_scheduler", "rng"}
+    # entries added by other configs are kept (learnable sigmas)
+    sigma = _scn_parser(tmp_path, ("train.json", "learnable_sigma.json", "quick.json"), augment_on_device=True)
+    assert {"loss", "batch_augmentation"} <= set(sigma.get_parsed_content("train#checkpoint_objects"))
+
+
+def test_scn_multi_gpu_seeds_the_augmentation_per_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    configs = ("train.json", "quick.json", "multi_gpu_train.json")
+    seeds = []
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None, rank=rank: rank)
+        parser = _scn_parser(tmp_path, configs, augment_on_device=True, seed=5)
+        seeds.append(parser.get_parsed_content("train#batch_augmentation").seed)
+        parser["network"] = "$@network_def"  # no DDP wrapper without a process group
+        # only rank 0 saves: a resumed run restarts each rank from its own seed rather than from rank 0's stream
+        assert "batch_augmentation" not in parser.get_parsed_content("train#checkpoint_objects")
+    assert seeds == [5, 6]
+    single = _scn_parser(tmp_path, augment_on_device=True, seed=5)
+    assert single.get_parsed_content("train#batch_augmentation").seed == 5
 
 
 def test_prepare_batch_builds_heatmaps_at_the_moved_landmarks():

@@ -12,16 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from monai_ext.benchmark import (
     IterationTimer,
     PeakMemoryMonitor,
     StopAfterMinutes,
+    ValidationHistory,
     count_images,
     detection_rate_curve,
     latency_stats,
     machine_info,
+    release_workers,
 )
 from monai_ext.data.synthetic import write_dicom
 
@@ -105,6 +107,43 @@ def test_stop_after_minutes_ends_at_an_epoch_boundary():
         StopAfterMinutes(0)
 
 
+def test_validation_history_records_training_time_without_validation():
+    clock = FakeClock()
+    trainer = _engine(clock, compute_s=1.0)
+    evaluator = Engine(lambda engine, batch: None)
+    history = ValidationHistory(clock=clock)
+    history.attach(trainer, evaluator)
+
+    @evaluator.on(Events.STARTED)
+    def _validation_takes_time(engine):
+        clock.t += 0.5
+
+    @evaluator.on(Events.EPOCH_COMPLETED)  # as ignite metrics do, before COMPLETED
+    def _metric(engine):
+        engine.state.metrics = {"val_mre": 10.0 / trainer.state.epoch, "label": "not a number"}
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: evaluator.run([0]))
+    trainer.run([0, 1], max_epochs=2)  # 2 iterations of 1 s per epoch, then 0.5 s of validation
+    assert [(h["epoch"], h["iteration"]) for h in history.records] == [(1, 2), (2, 4)]
+    assert [h["wall_s"] for h in history.records] == pytest.approx([2.5, 5.0])
+    assert [h["train_s"] for h in history.records] == pytest.approx([2.0, 4.0])
+    assert history.records[1]["metrics"] == {"val_mre": 5.0}
+    text = benchmark.time_to_accuracy({"training": {"validation_history": history.records},
+                                       "validation": {"key_metric": "val_mre", "unit": "mm"}})
+    assert text == "val_mre 5.00 mm after 0.0833 min; best 5.00 mm at 0.0833 min (2 validations)"
+
+
+def test_release_workers_ends_persistent_workers():
+    loader = torch.utils.data.DataLoader(list(range(4)), batch_size=2, num_workers=1, persistent_workers=True)
+    assert [b.tolist() for b in loader] == [[0, 1], [2, 3]]
+    workers = list(loader._iterator._workers)
+    assert workers and all(w.is_alive() for w in workers)  # kept between epochs
+    release_workers(loader, None)
+    assert loader._iterator is None and not any(w.is_alive() for w in workers)
+    assert [b.tolist() for b in loader] == [[0, 1], [2, 3]]  # the loader still works (new workers)
+    release_workers(loader)
+
+
 def test_count_images():
     assert count_images({"image": torch.zeros(3, 1, 8, 8), "landmarks": torch.zeros(3, 2, 2)}) == 3
     assert count_images({"pred": torch.zeros(5, 2)}) == 5
@@ -155,6 +194,8 @@ def test_run_rejects_bad_arguments(tmp_path: Path):
         benchmark.run(bundle="no_such_bundle", epochs=1)
     with pytest.raises(ValueError, match="JSON object"):
         benchmark.run(bundle="scn", epochs=1, overrides="[1, 2]")
+    with pytest.raises(ValueError, match="--latency_devices"):
+        benchmark.run(bundle="scn", epochs=1, latency_devices="tpu", out=str(tmp_path / "x.json"))
     assert not (tmp_path / "x.json").exists()
 
 
@@ -225,6 +266,10 @@ def test_run_records_every_field(bench_run: Path):
     assert len(tr["validation_s"]) == 2 and all(t > 0 for t in tr["validation_s"])
     assert tr["peak_rss_mb"] > 0 and tr["peak_rss_with_children_mb"] >= tr["peak_rss_mb"]
     assert (tr["peak_gpu_allocated_mb"] is not None) == torch.cuda.is_available()
+    history = tr["validation_history"]  # quick.json validates every epoch: one record per epoch
+    assert [h["epoch"] for h in history] == [1, 2] and [h["iteration"] for h in history] == [1, 2]  # 4 images, batch 4
+    assert 0 < history[0]["wall_s"] < history[1]["wall_s"] and all(0 < h["train_s"] < h["wall_s"] for h in history)
+    assert history[-1]["metrics"]["val_mre"] == pytest.approx(doc["validation"]["metrics"]["val_mre"])
 
     val = doc["validation"]
     assert val["key_metric"] == "val_mre" and val["metric_kind"] == "sdr" and val["unit"] == "mm"
@@ -274,7 +319,9 @@ def test_report_writes_table_row_and_plots(bench_run: Path, tmp_path: Path):
     assert cells[10].startswith("SDR@2/4/10 mm:") and "cpu " in cells[11]
     assert "from 1 run file(s)" in text
     links = [line.split("](", 1)[1].rstrip(")") for line in lines if line.startswith("![")]
-    assert sorted(links) == ["benchmarks/tiny_scn_detection.png", "benchmarks/tiny_scn_landmarks.png"]
+    assert sorted(links) == ["benchmarks/tiny_scn_detection.png", "benchmarks/tiny_scn_landmarks.png",
+                             "benchmarks/tiny_scn_time.png"]
+    assert "- time to accuracy (validation during training): val_mre " in text and "(2 validations)" in text
     for link in links:
         assert (out.parent / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -60,6 +60,24 @@ def rank_log(log_dir: Path, rank: int) -> str:
     return logs[0].read_text()
 
 
+CUDNN_BUNDLES = ("scn", "kneel", "interactive_kp")  # bundles with the cudnn_benchmark switch
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_multi_gpu_initialize_keeps_the_cudnn_switch(bundle: Path):
+    """The multi-GPU ``initialize`` replaces train.json's: it must still set cudnn (after set_determinism, which
+    resets it)."""
+    single, multi = ConfigParser(), ConfigParser()
+    single.read_config(str(bundle / "configs" / "train.json"))
+    multi.read_config(configs(bundle))
+    lines, merged = [x for x in single["initialize"] if "cudnn" in x], list(multi["initialize"])
+    assert bool(lines) == (bundle.name in CUDNN_BUNDLES), f"{bundle.name}: train.json initialize cudnn lines {lines}"
+    determinism = [i for i, x in enumerate(merged) if "set_determinism" in x]
+    assert determinism, f"{bundle.name}: no set_determinism in the multi-GPU initialize {merged}"
+    for line in lines:
+        assert line in merged and merged.index(line) > determinism[-1], f"{bundle.name}: {line!r} missing or early"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
 def test_multi_gpu_train_two_cpu_processes(bundle: Path, tmp_path: Path):

@@ -508,10 +508,13 @@ def _convex_hull(points: np.ndarray) -> np.ndarray:
     """Vertices of the convex hull of ``(N, 2)`` points, counter-clockwise (monotone chain)."""
     pts = sorted(map(tuple, np.asarray(points, dtype=np.float64)))
 
+    def turn(o, a, b) -> float:  # z of the 2D cross product (a - o) x (b - o); np.cross drops 2-vectors in numpy 2
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
     def half(seq):
         out: list = []
         for p in seq:
-            while len(out) >= 2 and np.cross(np.subtract(out[-1], out[-2]), np.subtract(p, out[-2])) <= 0:
+            while len(out) >= 2 and turn(out[-2], out[-1], p) <= 0:
                 out.pop()
             out.append(p)
         return out[:-1]

@@ -45,11 +45,12 @@ def _affine(x: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def move_points(points: torch.Tensor | np.ndarray, old_affine, new_affine) -> torch.Tensor:
     """Map ``(..., K, 2)`` pixel points of an image with affine ``old_affine`` to the pixels of the same
-    physical points in an image with affine ``new_affine`` (both pixel → mm, 3x3 or 4x4). NaN stays NaN."""
-    pts = convert_to_tensor(points, track_meta=False, dtype=torch.float64)
+    physical points in an image with affine ``new_affine`` (both pixel → mm, 3x3 or 4x4). NaN stays NaN.
+    The result is a float64 CPU tensor whatever the inputs' device."""
+    pts = convert_to_tensor(points, track_meta=False, dtype=torch.float64, device="cpu")  # points live on the CPU
     shape = pts.shape
     flat = pts.reshape(1, -1, shape[-1])
-    old, new = _affine(old_affine), _affine(new_affine)
+    old, new = _affine(old_affine).cpu(), _affine(new_affine).cpu()
     if old.shape != new.shape:
         raise ValueError(f"affines differ in size: {tuple(old.shape)} vs {tuple(new.shape)}")
     out = apply_affine_to_points(flat, torch.linalg.inv(new) @ old)
@@ -68,13 +69,14 @@ def points_to_original(points: torch.Tensor | np.ndarray, image: MetaTensor) -> 
 def points_to_mm(points: torch.Tensor | np.ndarray, spacing: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """Original-image pixel points ``(..., K, 2)`` → mm from the centre of the top-left pixel."""
     pts = convert_to_tensor(points, track_meta=False, dtype=torch.float64)
-    return pts * torch.as_tensor(np.asarray(spacing, dtype=np.float64).reshape(-1), dtype=torch.float64)
+    spacing = spacing.detach().cpu() if isinstance(spacing, torch.Tensor) else spacing
+    return pts * torch.as_tensor(np.asarray(spacing, dtype=np.float64).reshape(-1), dtype=torch.float64, device=pts.device)
 
 
 def outside_to_nan(points: torch.Tensor, spatial_shape: Sequence[int], margin: float = 0.5) -> torch.Tensor:
     """Mark points outside the image (beyond ``margin`` pixels from the outer pixel centres) missing."""
     pts = convert_to_tensor(points, track_meta=False).clone()
-    size = torch.as_tensor(list(spatial_shape), dtype=pts.dtype)
+    size = torch.as_tensor(list(spatial_shape), dtype=pts.dtype, device=pts.device)
     outside = ((pts < -margin) | (pts > size - 1 + margin)).any(-1)
     pts[outside] = float("nan")
     return pts

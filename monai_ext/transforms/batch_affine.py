@@ -8,7 +8,9 @@ to load and collate. Conventions are those of :mod:`monai_ext`: spatial dim 0 is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,17 @@ def _pair(value: float | Sequence[float], name: str) -> tuple[float, float]:
     if len(vals) != 2 or any(v < 0 for v in vals):
         raise ValueError(f"BatchRandAffine: {name} must be a non-negative number or (x, y) pair, got {value!r}.")
     return vals[0], vals[1]
+
+
+def _device_available(device: torch.device) -> bool:
+    """Whether ``device`` exists in this process (a CUDA index below the device count, ...)."""
+    if device.type == "cpu":
+        return True
+    backend = getattr(torch, device.type, None)
+    if backend is None or not callable(getattr(backend, "is_available", None)) or not backend.is_available():
+        return False
+    count = getattr(backend, "device_count", None)
+    return device.index is None or not callable(count) or device.index < count()
 
 
 def _pixel_to_grid(spatial_shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -55,6 +68,9 @@ class BatchRandAffine:
         mode, padding_mode: ``grid_sample`` interpolation and padding.
         margin: pixels beyond the outer pixel centres a landmark may lie before it becomes NaN.
         seed: seed of the ``torch.Generator`` (one per device, see :meth:`set_random_state`); ``None``: random.
+
+    The random streams are checkpointable: :meth:`state_dict` / :meth:`load_state_dict` (what MONAI's
+    ``CheckpointSaver`` / ``CheckpointLoader`` call) save and restore the seed and every generator's state.
     """
 
     def __init__(
@@ -100,6 +116,28 @@ class BatchRandAffine:
         if key not in self._generators:
             self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[key]
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"seed": int, "generators": {device string: generator state (uint8 CPU tensor)}}`` of the generators
+        created so far; tensors and numbers only, so it loads with ``torch.load(weights_only=True)``."""
+        return {"seed": self.seed, "generators": {key: g.get_state() for key, g in self._generators.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`: the seed, and each saved generator's state on its device (created as
+        needed), so the next draws continue the saved streams. Generators of devices missing here (a CUDA
+        checkpoint loaded on CPU) are skipped with a warning; such a device would restart from the seed."""
+        if "seed" not in state:
+            raise KeyError(f"BatchRandAffine.load_state_dict: no 'seed' in the state (keys {sorted(state)}).")
+        self.set_random_state(int(state["seed"]))
+        skipped = []
+        for key, gen_state in dict(state.get("generators", {})).items():
+            device = torch.device(key)
+            if not _device_available(device):
+                skipped.append(key)
+                continue
+            self.generator(device).set_state(torch.as_tensor(gen_state).to(device="cpu", dtype=torch.uint8))
+        if skipped:
+            warnings.warn(f"BatchRandAffine: random state of device(s) {skipped} not restored: not available here.")
 
     def permutation(self, num_landmarks: int) -> list[int]:
         """Landmark order after a flip: index ``i`` of the flipped sample is landmark ``perm[i]`` of the input."""

@@ -264,7 +264,8 @@ class DecodeHeatmapd(MapTransform):
     Heatmaps smaller than the image (e.g. stride-4 hourglass output) are mapped with the pixel-centre
     convention: heatmap index ``h`` ↔ image pixel ``(h + 0.5) * stride - 0.5``.
 
-    Writes ``output_key`` ``(K, 2)`` float32 and ``confidence_key`` ``(K,)`` (peak value).
+    Writes ``output_key`` ``(K, 2)`` float32 and ``confidence_key`` ``(K,)`` (peak value), both on the CPU
+    (decoding runs where the heatmaps are; mapping points back to the file is CPU work on a few numbers).
     """
 
     def __init__(
@@ -291,11 +292,11 @@ class DecodeHeatmapd(MapTransform):
         for key in self.key_iterator(d):
             hm = convert_to_tensor(d[key], track_meta=False).float()
             coords, conf = decode_heatmaps(hm[None], method=self.method, window=self.window)
-            coords = coords[0].to(torch.float64)
+            coords = coords[0].detach().cpu().to(torch.float64)  # decoded on the heatmaps' device; points on the CPU
             ref_shape = torch.as_tensor(d[self.ref_key].shape[1:], dtype=torch.float64)
             stride = ref_shape / torch.as_tensor(hm.shape[1:], dtype=torch.float64)
             d[self.output_key] = ((coords + 0.5) * stride - 0.5).to(torch.float32)
-            d[self.confidence_key] = conf[0].to(torch.float32)
+            d[self.confidence_key] = conf[0].detach().cpu().to(torch.float32)
         return d
 
 

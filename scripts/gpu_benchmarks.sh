@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU benchmark runs behind docs/benchmarks.md, one phase per call (each fits a 10-minute slot):
+#
+#   bash scripts/gpu_benchmarks.sh throughput OUT_DIR   # SCN 256²/512² training speed: per-sample CPU path vs fast path
+#   bash scripts/gpu_benchmarks.sh accuracy   OUT_DIR   # SCN time to accuracy: MINUTES (default 7) of training, MRE vs minutes
+#   bash scripts/gpu_benchmarks.sh bundles    OUT_DIR   # adv_posenet, kneel, interactive_kp on the hand set, interactive_kp on AASCE
+#   bash scripts/gpu_benchmarks.sh summary    OUT_DIR   # one line per recorded run
+#
+# HAND / SPINE: datalists (default: the downscaled copies written by scripts/downscale_datalist.py into .devdata/,
+# see docs/benchmarks.md); WORKERS: DataLoader workers per run. Every run writes OUT_DIR/<name>.json and .log.
+set -u
+phase=${1:?phase: throughput | accuracy | bundles}
+out=${2:-runs/bench}
+hand=${HAND:-.devdata/hand_xray/datalist.json}
+spine=${SPINE:-.devdata/spine_aasce/datalist.json}
+workers=${WORKERS:-12}
+mkdir -p "$out"
+
+bench() {  # bench NAME LIMIT_S ARGS...: one benchmark run, killed after LIMIT_S seconds
+    local name=$1 limit=$2
+    shift 2
+    timeout "$limit" python scripts/benchmark.py run --out "$out/$name.json" --section validation \
+        --latency_images 20 --warmup 3 --latency_devices "${LATENCY_DEVICES:-cuda}" "$@" >"$out/$name.log" 2>&1
+    echo "$name: exit $? ($(date -u +%T))"
+}
+
+fast="\"amp\": true, \"ckpt_interval_epochs\": 25, \"channels_last\": true, \"cudnn_benchmark\": true, \"augment_on_device\": true, \"num_workers\": $workers"
+case "$phase" in
+throughput)
+    bench scn_hand256_b8_cpuaug_gpu 100 --bundle scn --datalist "$hand" --minutes 0.5 \
+        --overrides "{\"batch_size\": 8, \"num_workers\": $workers, \"ckpt_interval_epochs\": 25, \"val_interval\": 10}"
+    bench scn_hand256_b8_fast_gpu 100 --bundle scn --datalist "$hand" --minutes 0.5 \
+        --overrides "{\"batch_size\": 8, $fast, \"val_interval\": 10}"
+    [ -n "${COMPILE:-}" ] && bench scn_hand256_b8_fast_compile_gpu 150 --bundle scn --datalist "$hand" --minutes 1 \
+        --overrides "{\"batch_size\": 8, $fast, \"compile\": true, \"val_interval\": 10}"
+    ;;
+accuracy)
+    bench "scn_hand${SIZE:-512}_tta_gpu" 550 --bundle scn --datalist "$hand" ${CONFIG:+--config "$CONFIG"} \
+        --minutes "${MINUTES:-7}" --epochs "${EPOCHS:-400}" \
+        --overrides "{\"batch_size\": ${BATCH:-8}, $fast, \"val_interval\": ${VAL_INTERVAL:-5}${EXTRA:+, $EXTRA}}"
+    ;;
+bundles)
+    # run side by side on the one GPU: their accuracy figures stand, their speed figures are shared-GPU figures
+    w=$((workers / 3))
+    bench adv_posenet_hand_gpu 400 --bundle adv_posenet --datalist "$hand" --minutes "${MINUTES:-5}" \
+        --overrides "{\"spatial_size\": [256, 384], \"num_workers\": $w, \"val_interval\": 10, \"overlay_interval\": 0}" &
+    bench interactive_kp_spine_gpu 400 --bundle interactive_kp --datalist "$spine" --minutes "${MINUTES:-5}" \
+        --overrides "{\"num_workers\": $w, \"amp\": true, \"cudnn_benchmark\": true, \"val_interval\": 10}" &
+    timeout 400 python scripts/kneel_comparison.py --out_dir "$out/kneel_hand" --datalist "$hand" --groups hand \
+        --section validation --epochs "${KNEEL_EPOCHS:-40}" --size 128 --stage1_spacing 2.4 --roi_size_mm 112 \
+        --base_width 24 --depth 3 --batch_size 16 --val_interval 5 >"$out/kneel_hand.log" 2>&1
+    echo "kneel_hand: exit $?"
+    wait
+    ;;
+summary)  # one line per run JSON in OUT_DIR
+    python - "$out" <<'PY'
+import json, pathlib, sys
+for p in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    d = json.loads(p.read_text()); t = d["training"]; v = d["validation"]; lat = d["inference"]["latency"]
+    print(f"{p.stem}: {t['images_per_s']:.1f} img/s, wait {100 * t['data_wait_fraction']:.1f} %, epochs {t['epochs_run']}, "
+          f"{v['key_metric']} {v['metrics'].get(v['key_metric'], float('nan')):.3f} {v['unit']}, "
+          + ", ".join(f"{k} {x['median_ms']:.1f}/{x['p95_ms']:.1f} ms" for k, x in lat.items())
+          + f", peak GPU {t.get('peak_gpu_allocated_mb') or 0:.0f} MiB")
+PY
+    ;;
+*)
+    echo "unknown phase $phase (throughput | accuracy | bundles)" >&2
+    exit 2
+    ;;
+esac
