@@ -581,14 +581,14 @@ def plot_per_landmark(run: Mapping[str, Any], path: Path) -> bool:
     return True
 
 
-def _history_metric(run: Mapping[str, Any]) -> str | None:
-    """The metric the time-to-accuracy curve shows: the key metric, else an MRE-like one."""
+def _history_points(run: Mapping[str, Any]) -> tuple[str | None, list[tuple[float, float]]]:
+    """The metric of the time-to-accuracy curve (the key metric, else an MRE-like one) and its
+    ``(minutes of training with validation, value)`` points."""
     history = run.get("training", {}).get("validation_history") or []
     names = {k for h in history for k in h["metrics"]}
     key = (run.get("validation") or {}).get("key_metric")
-    if key in names:
-        return key
-    return next((n for n in sorted(names) if "mre" in n.lower()), None)
+    metric = key if key in names else next((n for n in sorted(names) if "mre" in n.lower()), None)
+    return metric, [(h["wall_s"] / 60.0, h["metrics"][metric]) for h in history if metric in h["metrics"]]
 
 
 def plot_time_to_accuracy(run: Mapping[str, Any], path: Path) -> bool:
@@ -596,19 +596,16 @@ def plot_time_to_accuracy(run: Mapping[str, Any], path: Path) -> bool:
     fewer than two validations."""
     from matplotlib.figure import Figure
 
-    history = run.get("training", {}).get("validation_history") or []
-    metric = _history_metric(run)
-    points = [(h["wall_s"] / 60.0, h["metrics"][metric]) for h in history if metric in h["metrics"]]
+    metric, points = _history_points(run)
     if len(points) < 2:
         return False
     fig = Figure(figsize=(5, 3.5))
     ax = fig.subplots()
-    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", markersize=3)
-    unit = (run.get("validation") or {}).get("unit", "")
-    ax.set_xlabel("training minutes (validation included)")
-    ax.set_ylabel(f"{metric} ({unit})")
-    if "mre" in metric.lower() and min(p[1] for p in points) > 0:
-        ax.set_yscale("log")
+    minutes, values = zip(*points)
+    ax.plot(minutes, values, "o-", markersize=3)
+    ax.set(xlabel="training minutes (validation included)",
+           ylabel=f"{metric} ({(run.get('validation') or {}).get('unit', '')})",
+           yscale="log" if "mre" in metric.lower() and min(values) > 0 else "linear")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(f"{run['name']}: time to accuracy", fontsize=9)
     fig.tight_layout()
@@ -618,9 +615,7 @@ def plot_time_to_accuracy(run: Mapping[str, Any], path: Path) -> bool:
 
 def time_to_accuracy(run: Mapping[str, Any]) -> str | None:
     """One line: the curve's metric at its best, when it was reached, and its last value."""
-    history = run.get("training", {}).get("validation_history") or []
-    metric = _history_metric(run)
-    points = [(h["wall_s"] / 60.0, h["metrics"][metric]) for h in history if metric in h["metrics"]]
+    metric, points = _history_points(run)
     if not points:
         return None
     higher = any(k in metric.lower() for k in ("pck", "sdr", "recall"))

@@ -48,7 +48,7 @@ bundles)
         --overrides "{\"num_workers\": $w, \"amp\": true, \"cudnn_benchmark\": true, \"val_interval\": 10}" &
     timeout 400 python scripts/kneel_comparison.py --out_dir "$out/kneel_hand" --datalist "$hand" --groups hand \
         --section validation --epochs "${KNEEL_EPOCHS:-40}" --size 128 --stage1_spacing 2.4 --roi_size_mm 112 \
-        --base_width 24 --depth 3 --batch_size 16 --val_interval 5 >"$out/kneel_hand.log" 2>&1
+        --base_width 24 --depth 3 --batch_size 16 --val_interval 5 --num_workers "$w" >"$out/kneel_hand.log" 2>&1
     echo "kneel_hand: exit $?"
     wait
     ;;
