@@ -166,7 +166,8 @@ def _read_pil(path: str) -> tuple[np.ndarray, dict]:
     except Exception as e:
         raise LandmarkDataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
     arr = _to_grey(arr, path)
-    return arr.astype(np.float32).T, {"spacing": None, "spacing_source": None, "format": Path(path).suffix[1:].upper()}
+    # transpose in the file's own dtype (8-bit: a quarter of the bytes); read_radiograph converts to float32
+    return np.ascontiguousarray(arr.T), {"spacing": None, "spacing_source": None, "format": Path(path).suffix[1:].upper()}
 
 
 def read_radiograph(path: str | os.PathLike, min_size: int = 16) -> tuple[np.ndarray, dict]:
@@ -201,13 +202,12 @@ def read_radiograph(path: str | os.PathLike, min_size: int = 16) -> tuple[np.nda
         raise LandmarkDataError(
             f"{path}: image is {arr.shape[0]}x{arr.shape[1]} pixels, smaller than the minimum {min_size} per axis"
         )
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():  # integer pixels are always finite
         bad = int((~np.isfinite(arr)).sum())
         raise LandmarkDataError(f"{path}: {bad} pixel value(s) are NaN or infinite")
     if arr.min() == arr.max():
         raise LandmarkDataError(f"{path}: blank image (every pixel is {float(arr.flat[0]):g})")
-    return arr, meta
+    return np.ascontiguousarray(arr, dtype=np.float32), meta
 
 
 class RadiographReader(ImageReader):
