@@ -73,3 +73,16 @@ def as_flag(value: Any, name: str = "flag") -> bool:
             return False
         raise ValueError(f"{name}: expected a boolean, got {value!r}")
     return bool(value)
+
+
+def set_cudnn_benchmark(value: Any) -> bool:
+    """Apply a bundle's ``cudnn_benchmark`` switch (after ``monai.utils.set_determinism``, which turns it off):
+    on, cudnn picks the fastest algorithms (``torch.backends.cudnn.benchmark``) and leaves deterministic mode
+    (``torch.backends.cudnn.deterministic``), since the fastest algorithm is not always a deterministic one.
+    Returns the flag."""
+    import torch
+
+    flag = as_flag(value, "cudnn_benchmark")
+    torch.backends.cudnn.benchmark = flag
+    torch.backends.cudnn.deterministic = not flag
+    return flag

@@ -72,7 +72,7 @@ def test_compile_switch_reaches_every_engine(bundle: str, tmp_path: Path):
 def test_switches_on_train_one_epoch_on_cpu(bundle: str, tmp_path: Path):
     generate_dataset(KINDS[bundle], tmp_path / "data", n_train=2, n_val=1, n_test=0)
     extra = {"heatmaps_on_device": "true", "compile": True} if bundle == "scn" else {}
-    benchmark = torch.backends.cudnn.benchmark
+    benchmark, deterministic = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     try:
         wf = bundle_workflow(
             BUNDLES / bundle, ["train.json"], "training", tmp_path,
@@ -80,6 +80,7 @@ def test_switches_on_train_one_epoch_on_cpu(bundle: str, tmp_path: Path):
             channels_last="true", cudnn_benchmark="True", batch_size=2, **extra,  # strings as the command line gives
         )
         assert torch.backends.cudnn.benchmark is True  # set after set_determinism turned it off
+        assert torch.backends.cudnn.deterministic is False  # the fastest algorithm need not be a deterministic one
         parser = wf.parser
         trainers, evaluators, networks = _engines(parser, bundle)
         # MONAI's amp is CUDA autocast only: on the CPU the switch resolves to off instead of a no-op autocast
@@ -104,7 +105,7 @@ def test_switches_on_train_one_epoch_on_cpu(bundle: str, tmp_path: Path):
             assert trainer.state.iteration >= 1 and math.isfinite(float(loss_from_output(trainer.state.output)))
         assert (tmp_path / "models" / "model.pt").is_file()
     finally:
-        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, deterministic
 
 
 def _assert_targets_match_per_sample(batch: dict, image: torch.Tensor, target, parser: ConfigParser) -> None:
