@@ -29,6 +29,7 @@ import torch
 from ignite.engine import Engine, Events
 
 __all__ = [
+    "FinalValidation",
     "IterationTimer",
     "PeakMemoryMonitor",
     "RunTimer",
@@ -245,6 +246,24 @@ class ValidationHistory:
             "train_s": now - self._start - self._validation_s,
             "metrics": metrics,
         })
+
+
+class FinalValidation:
+    """Ignite handler that validates once more when the trainer ends (completed, or stopped by a time budget)
+    unless its last epoch was already validated (``history``: the :class:`ValidationHistory` of the same trainer
+    and validator), so the final weights are scored and the best-metric checkpoint exists before anything that
+    needs it runs next (KNEEL's stage 2 starts from stage 1's best checkpoint)."""
+
+    def __init__(self, validator: Any, history: ValidationHistory) -> None:
+        self.validator = validator
+        self.history = history
+
+    def attach(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, trainer: Engine) -> None:
+        if not self.history.records or self.history.records[-1]["epoch"] != trainer.state.epoch:
+            self.validator.run(trainer.state.epoch)
 
 
 def release_workers(*loaders: Any) -> None:

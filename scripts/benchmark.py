@@ -20,6 +20,11 @@ until ``--minutes`` have passed) and records, in one JSON file (written atomical
   time-to-accuracy curve: MRE vs minutes);
 * ``validation``: the evaluator's metrics after the last epoch, the key metric's full summary (MRE, SDR/PCK
   at each radius, per landmark) and an SDR/PCK curve over radii computed from the per-point errors;
+* ``evaluation``: the same record from the bundle's ``configs/evaluate.json`` on the validation split with the
+  best checkpoint (the one timed for inference): end to end for two-stage KNEEL (whose training validation only
+  scores the stage-1 ROI centres), and with the click-protocol table (MRE vs number of clicks, model and manual
+  revision) for the interactive bundle; ``--evaluate False`` skips it;
+* ``training.stages``: the timing of every further trainer (KNEEL's stage 2, which trains on ROIs);
 * ``inference``: with ``configs/inference.json`` on the best checkpoint of this training, the latency of one
   image from the file on disk to landmarks in mm (batch 1; median and p95, on the CPU and, when present, the
   GPU; the first ``--warmup`` images are run but not counted) and the end-to-end throughput of the inference
@@ -49,6 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from monai_ext.benchmark import (  # noqa: E402
+    FinalValidation,
     IterationTimer,
     PeakMemoryMonitor,
     RunTimer,
@@ -69,6 +75,9 @@ SCHEMA = "monai_ext.benchmark/1"
 HEADLINE_RADII = {"sdr": (2.0, 4.0, 10.0), "pck": (10.0, 20.0)}
 CURVE_POINTS = 201
 MAX_EPOCHS_FOR_MINUTES = 100_000
+#: trainers run after ``train#trainer`` by a bundle's ``training`` (KNEEL's second stage) and their validators;
+#: timed separately, and validated after their last epoch like the first one (the best checkpoint needs it).
+LATER_TRAINERS = {"stage2#train#trainer": "stage2#validate#evaluator"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,6 +188,31 @@ def _validation_record(evaluator: Any, unit: str) -> dict[str, Any]:
     return record
 
 
+def _evaluation(bundle_dir: Path, extra: list[str], train_overrides: Mapping[str, Any], unit: str) -> dict[str, Any]:
+    """``configs/evaluate.json`` (after train.json and the extra configs) on the validation split with the
+    best checkpoint: its evaluator's record (:func:`_validation_record`), the seconds it took and, when the
+    bundle evaluates a click protocol, the MRE-vs-clicks table of its ``InteractiveCurveWriter``."""
+    from monai_ext.engines import InteractiveCurveWriter
+
+    configs = bundle_dir / "configs"
+    files = [str(configs / "train.json"), str(configs / "evaluate.json"), *extra]
+    over = {**train_overrides, "eval_section": "validation"}
+    start = time.perf_counter()
+    ewf = _workflow(files, bundle_dir, "infer", "evaluating", over)
+    evaluator = ewf.parser.get_parsed_content("evaluator")
+    handlers = _get(ewf.parser, "handlers", []) or []
+    ewf.run()
+    ewf.finalize()
+    release_workers(evaluator.data_loader)
+    record = {**_validation_record(evaluator, unit), "configs": [Path(f).name for f in files],
+              "section": "validation", "wall_s": time.perf_counter() - start, "clicks": None}
+    for handler in handlers:
+        if isinstance(handler, InteractiveCurveWriter):
+            summary = handler.summary()
+            record["clicks"] = {"unit": summary["unit"], "n_images": summary["n_images"], "table": summary["table"]}
+    return record
+
+
 def _prediction_errors(output_dir: Path) -> int:
     doc = json.loads((output_dir / "predictions.json").read_text())
     return sum(1 for r in doc["predictions"] if r.get("error"))
@@ -209,6 +243,7 @@ def run(
     batch_size: int = 8,
     num_workers: int | None = None,
     latency_devices: Any = None,
+    evaluate: bool = True,
 ) -> str:
     """Train ``bundle`` in-process and record its benchmark as JSON; returns the JSON path.
 
@@ -230,6 +265,8 @@ def run(
         batch_size: batch size of the throughput run.
         num_workers: DataLoader workers of the throughput run (default: the training config's).
         latency_devices: devices timed at batch 1, e.g. ``cuda`` (default: ``cpu`` and, when present, ``cuda``).
+        evaluate: also run the bundle's ``evaluate.json`` on the validation split with the best checkpoint
+            (when the bundle has one).
     """
     if epochs is None and minutes is None:
         raise ValueError("give --epochs N and/or --minutes M: how long to train")
@@ -252,14 +289,15 @@ def run(
     command = _command(bundle=bundle, datalist=datalist, epochs=epochs, minutes=minutes, overrides=user,
                        config=",".join(Path(f).stem for f in extra) or None, out=str(out_path), section=section,
                        latency_images=latency_images, warmup=warmup, batch_size=batch_size, num_workers=num_workers,
-                       latency_devices=None if latency_devices is None else ",".join(devices))
+                       latency_devices=None if latency_devices is None else ",".join(devices),
+                       evaluate=None if evaluate else False)
     with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
         work = Path(workdir).resolve() if workdir else Path(tmp)
         bundles = (REPO / "bundles").resolve()
         if work == bundles or bundles in work.parents:
             raise ValueError(f"--workdir {work}: benchmark outputs never go into {bundles}")
         record = _run(bundle_dir, extra, user, work, datalist, epochs, minutes, section, int(latency_images),
-                      int(warmup), int(batch_size), num_workers, devices)
+                      int(warmup), int(batch_size), num_workers, devices, bool(evaluate))
     record = {"schema": SCHEMA, "name": out_path.stem, "command": command, **record}
     with atomic_write(out_path) as f:
         json.dump(_jsonable(record), f, indent=1, allow_nan=False)
@@ -282,6 +320,7 @@ def _run(
     batch_size: int,
     num_workers: int | None,
     devices: Sequence[str],
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     from monai.bundle import ConfigParser
 
@@ -306,25 +345,33 @@ def _run(
         parser = wf.parser
         trainer = parser.get_parsed_content("train#trainer")
         evaluator = parser.get_parsed_content("validate#evaluator")
+        later = {k: parser.get_parsed_content(k) for k in LATER_TRAINERS if k in parser}
+        later_evaluators = [parser.get_parsed_content(LATER_TRAINERS[k]) for k in later]
         device = torch.device(parser.get_parsed_content("device"))
-        timer = IterationTimer(sync_cuda=device.type == "cuda")
-        timer.attach(trainer)
+        timers = {k: IterationTimer(sync_cuda=device.type == "cuda") for k in ("train#trainer", *later)}
+        for key, engine in {"train#trainer": trainer, **later}.items():
+            timers[key].attach(engine)
+            if minutes is not None:
+                StopAfterMinutes(float(minutes)).attach(engine)
         validation_timer = RunTimer()
         validation_timer.attach(evaluator)
         history = ValidationHistory()
         history.attach(trainer, evaluator)
-        if minutes is not None:
-            StopAfterMinutes(float(minutes)).attach(trainer)
+        # the last epoch unvalidated (val_interval, time budget): validate the final weights when each trainer ends
+        FinalValidation(evaluator, history).attach(trainer)
+        for engine, validator in zip(later.values(), later_evaluators):
+            past = ValidationHistory()
+            past.attach(engine, validator)
+            FinalValidation(validator, past).attach(engine)
         start = time.perf_counter()
         wf.run()
         train_wall = time.perf_counter() - start
-        if not history.records or history.records[-1]["epoch"] != trainer.state.epoch:
-            evaluator.run()  # the last epoch was not validated (val_interval): the figures are of the final weights
         wf.finalize()
-        release_workers(trainer.data_loader, evaluator.data_loader)
+        release_workers(trainer.data_loader, evaluator.data_loader,
+                        *(e.data_loader for e in (*later.values(), *later_evaluators)))
     datalist_path = str(parser.get_parsed_content("datalist"))
     unit = str(_get(parser, "unit", "mm"))
-    train_summary = timer.summary(skip_first_epoch=True)
+    train_summary = timers["train#trainer"].summary(skip_first_epoch=True)
     if not train_summary["steps"]:
         raise RuntimeError(f"{datalist_path}: training ran no iteration (empty 'training' section?)")
     settings = {
@@ -354,12 +401,17 @@ def _run(
         **train_summary,
         "validation_s": validation_timer.seconds,
         "validation_history": history.records,
+        "stages": {k: {"epochs_run": int(e.state.epoch), **timers[k].summary(skip_first_epoch=True)}
+                   for k, e in later.items()},
         **train_memory.result(),
     }
     validation = _validation_record(evaluator, unit)
     checkpoint = Path(train_overrides["ckpt_dir"]) / "model.pt"
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: training saved no best-metric checkpoint to run inference with")
+    evaluation = None
+    if evaluate and (configs / "evaluate.json").is_file():
+        evaluation = _evaluation(bundle_dir, extra, train_overrides, unit)
 
     # ---- inference: latency (batch 1, per device) and throughput (batched) ----
     inference_files = [str(configs / "inference.json"), *extra]
@@ -367,6 +419,8 @@ def _run(
     probe.read_config(inference_files)
     shared = {k: v for k, v in user.items() if k in probe}
     base = {**common, "datalist": datalist_path, "ckpt_path": str(checkpoint), "num_overlays": 0, **shared}
+    if "ckpt_dir" in probe:  # further checkpoints next to model.pt (KNEEL's model_stage2.pt)
+        base["ckpt_dir"] = train_overrides["ckpt_dir"]
     images = [item["image"] for item in list_images(datalist_path, section)]
     if not images:
         raise ValueError(f"{datalist_path}: section {section!r} has no images to time inference on")
@@ -426,6 +480,7 @@ def _run(
         "settings": settings,
         "training": training,
         "validation": validation,
+        "evaluation": evaluation,
         "inference": {"section": section, "checkpoint": "best key metric (model.pt)", "latency": latency,
                       "throughput": throughput},
     }
@@ -475,8 +530,14 @@ def _resolution(run: Mapping[str, Any]) -> str:
     return "×".join(str(int(s)) for s in size) if size else "—"
 
 
+def _result(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The accuracy record the report shows: ``evaluation`` (evaluate.json, best checkpoint) when the run has
+    one, else ``validation`` (after the last training epoch)."""
+    return run.get("evaluation") or run.get("validation") or {}
+
+
 def _headline(run: Mapping[str, Any]) -> str:
-    val = run.get("validation") or {}
+    val = _result(run)
     summary = val.get("summary") or {}
     kind = val.get("metric_kind", "sdr")
     sdr = summary.get("sdr") or {}
@@ -488,7 +549,7 @@ def _headline(run: Mapping[str, Any]) -> str:
 
 
 def _mre(run: Mapping[str, Any]) -> str:
-    val = run.get("validation") or {}
+    val = _result(run)
     summary = val.get("summary") or {}
     mre = summary.get("mre", val.get("metrics", {}).get("val_mre"))
     return "—" if mre is None else f"{_number(mre)} {val.get('unit', '')}"
@@ -531,7 +592,7 @@ def plot_detection_curve(run: Mapping[str, Any], path: Path) -> bool:
     """SDR/PCK (%) vs radius of one run as a PNG; False (nothing written) when the run has no curve."""
     from matplotlib.figure import Figure
 
-    val = run.get("validation") or {}
+    val = _result(run)
     curve = val.get("curve")
     if not curve:
         return False
@@ -561,7 +622,7 @@ def plot_per_landmark(run: Mapping[str, Any], path: Path) -> bool:
     """Mean radial error ± std per landmark of one run as a PNG; False when the run has no per-landmark summary."""
     from matplotlib.figure import Figure
 
-    val = run.get("validation") or {}
+    val = _result(run)
     rows = (val.get("summary") or {}).get("per_landmark") or []
     if not rows:
         return False
@@ -575,10 +636,49 @@ def plot_per_landmark(run: Mapping[str, Any], path: Path) -> bool:
     ax.set_xticklabels(names, rotation=90, fontsize=7)
     ax.set_ylabel(f"radial error ({val.get('unit', '')}), mean ± std")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.set_title(f"{run['name']}: per-landmark error (validation)", fontsize=9)
+    ax.set_title(f"{run['name']}: per-landmark error (validation split)", fontsize=9)
     fig.tight_layout()
     _save_figure(fig, path)
     return True
+
+
+def plot_clicks(run: Mapping[str, Any], path: Path) -> bool:
+    """MRE vs number of clicks (model and manual revision) of an interactive run as a PNG; False when the run
+    has no click-protocol table."""
+    from matplotlib.figure import Figure
+
+    clicks = (run.get("evaluation") or {}).get("clicks")
+    if not clicks or not clicks.get("table"):
+        return False
+    rows = clicks["table"]
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    n = [r["clicks"] for r in rows]
+    for key, label in (("mre_model", "model revision"), ("mre_manual", "manual revision")):
+        ax.plot(n, [np.nan if r.get(key) is None else r[key] for r in rows], "o-", label=label)
+    ax.set(xlabel="clicks", ylabel=f"MRE ({clicks.get('unit', '')})", ylim=(0, None))
+    ax.set_xticks(n)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right")
+    ax.set_title(f"{run['name']}: MRE vs clicks ({clicks.get('n_images')} validation images)", fontsize=9)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    return True
+
+
+def clicks_line(run: Mapping[str, Any]) -> str | None:
+    """One line: MRE without clicks and after each click (model revision; manual revision after the last)."""
+    clicks = (run.get("evaluation") or {}).get("clicks")
+    if not clicks or not clicks.get("table"):
+        return None
+    rows, unit = clicks["table"], clicks.get("unit", "")
+    model = " → ".join(_number(r.get("mre_model")) for r in rows)
+    line = (f"MRE vs clicks 0..{rows[-1]['clicks']} (model revision, {unit}): {model}; manual revision after "
+            f"{rows[-1]['clicks']} clicks {_number(rows[-1].get('mre_manual'))} {unit}")
+    if rows[0].get("smape_model") is not None:
+        line += (f"; Cobb-angle SMAPE {_number(rows[0]['smape_model'])} → {_number(rows[-1]['smape_model'])} % "
+                 f"(model revision, {rows[0].get('n_cobb')} images)")
+    return line
 
 
 def _history_points(run: Mapping[str, Any]) -> tuple[str | None, list[tuple[float, float]]]:
@@ -671,8 +771,10 @@ def report(runs: str = "runs/bench", out: str = "docs/benchmarks.md", plots: str
         "(ignite `GET_BATCH_STARTED` → `GET_BATCH_COMPLETED`).",
         "- **peak RSS**: resident memory of the training process (in brackets: plus its DataLoader workers, "
         "shared pages counted per process); **peak GPU**: `torch.cuda.max_memory_allocated` during training.",
-        "- **MRE**, **SDR/PCK**: validation metrics after the last training epoch (errors in the original image, "
-        "mm unless the dataset is in pixels).",
+        "- **MRE**, **SDR/PCK**: on the validation split, errors in the original image (mm unless the dataset is "
+        "in pixels): the bundle's `evaluate.json` with the best checkpoint (end to end for KNEEL's two stages, "
+        "no clicks for the interactive bundle, whose MRE vs clicks follows in its section); runs recorded without "
+        "that evaluation: the validation after the last training epoch.",
         "- **latency**: one image from the file on disk to landmarks in mm with the bundle's `inference.json` "
         "(load, preprocess, forward, decode, map back; batch 1), median / p95 over the timed images, per device.",
         "- **throughput**: the bundle's inference workflow over the run's inference section (batched, "
@@ -712,17 +814,29 @@ def report(runs: str = "runs/bench", out: str = "docs/benchmarks.md", plots: str
             f"torch {m.get('torch')}, MONAI {m.get('monai')}, Python {m.get('python')}; "
             f"commit {str(m.get('git_commit'))[:10]}{' (modified)' if m.get('git_dirty') else ''}; {run.get('date')}",
         ]
+        for key, stage in (tr.get("stages") or {}).items():
+            lines.append(f"- {key}: {stage.get('epochs_run')} epoch(s), {_number(stage.get('images_per_s'))} "
+                         f"train img/s, data wait {100 * (stage.get('data_wait_fraction') or 0):.1f} %")
+        evaluation = run.get("evaluation")
+        if evaluation:
+            lines.append(f"- evaluation ({' + '.join(evaluation.get('configs', []))}, validation split, best "
+                         f"checkpoint): {evaluation.get('summary_metric')} {_mre(run)}, "
+                         f"{_headline(run)}; after the last epoch: {_number((val.get('summary') or {}).get('mre'))}"
+                         f" {val.get('unit', '')}")
+        clicks = clicks_line(run)
+        if clicks:
+            lines.append(f"- {clicks}")
         tta = time_to_accuracy(run)
         if tta:
             lines.append(f"- time to accuracy (validation during training): {tta}")
         lines.append("")
         for kind, plot in (("detection", plot_detection_curve), ("landmarks", plot_per_landmark),
-                           ("time", plot_time_to_accuracy)):
+                           ("clicks", plot_clicks), ("time", plot_time_to_accuracy)):
             png = plot_dir / f"{name}_{kind}.png"
             if plot(run, png):
                 rel = os.path.relpath(png, out_path.parent).replace(os.sep, "/")
                 title = {"detection": "SDR/PCK vs radius", "landmarks": "per-landmark error",
-                         "time": "validation metric vs training minutes"}[kind]
+                         "clicks": "MRE vs clicks", "time": "validation metric vs training minutes"}[kind]
                 lines += [f"![{name}: {title}]({rel})", ""]
     with atomic_write(out_path) as f:
         f.write("\n".join(lines).rstrip("\n") + "\n")

@@ -46,16 +46,10 @@ from monai_ext.utils import atomic_write
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "kneel" / "configs"
 RADII = [1, 1.5, 2, 2.5, 3, 3.5, 4, 5]
 
-#: Landmark groups of the 37-landmark hand set (Payer et al. 2019; indices as in ``../shared/data/hand_xray``):
-#: the four fingers (MCP, PIP, DIP, tip: the same slot order in every finger, so one stage-2 network serves all),
-#: the thumb with the adjacent carpal point 17, and the carpus/metacarpal bases in index order. Groups must have
-#: equal sizes; 0-16 are 17 points, so the last carpal group re-uses 13-15 (a landmark in two groups takes the
-#: later group's prediction).
-HAND_GROUPS = {
-    "carpus_a": [0, 1, 2, 3], "carpus_b": [4, 5, 6, 7], "carpus_c": [8, 9, 10, 11], "carpus_d": [12, 13, 14, 15],
-    "carpus_e": [13, 14, 15, 16], "thumb": [17, 18, 19, 20], "index": [21, 22, 23, 24], "middle": [25, 26, 27, 28],
-    "ring": [29, 30, 31, 32], "little": [33, 34, 35, 36],
-}
+#: Landmark groups of the 37-landmark hand set, as the bundle's ``configs/hand.json`` defines them (the four fingers
+#: and the thumb as MCP, PIP, DIP, tip, and the carpus in equal-size groups; see that file).
+_HAND = json.loads((CONFIGS / "hand.json").read_text())
+HAND_GROUPS = dict(zip(_HAND["roi_group_names"], _HAND["roi_groups"]))
 KNEE_GROUPS = {"right_knee": list(range(8)), "left_knee": list(range(8, 16))}
 
 

@@ -15,6 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from monai_ext.benchmark import (
+    FinalValidation,
     IterationTimer,
     PeakMemoryMonitor,
     StopAfterMinutes,
@@ -131,6 +132,26 @@ def test_validation_history_records_training_time_without_validation():
     text = benchmark.time_to_accuracy({"training": {"validation_history": history.records},
                                        "validation": {"key_metric": "val_mre", "unit": "mm"}})
     assert text == "val_mre 5.00 mm after 0.0833 min; best 5.00 mm at 0.0833 min (2 validations)"
+
+
+@pytest.mark.parametrize("every, epochs, expected", [(2, 3, [2, 3]), (1, 2, [1, 2]), (2, 4, [2, 4])])
+def test_final_validation_scores_the_last_epoch_once(every: int, epochs: int, expected: list[int]):
+    clock = FakeClock()
+    trainer = _engine(clock, compute_s=1.0)
+
+    class Validator(Engine):
+        def run(self, global_epoch: int = 1):  # MONAI evaluators take the trainer's epoch
+            self.global_epochs.append(global_epoch)
+            return super().run([0])
+
+    validator = Validator(lambda engine, batch: None)
+    validator.global_epochs = []
+    history = ValidationHistory(clock=clock)
+    history.attach(trainer, validator)
+    FinalValidation(validator, history).attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(every=every), lambda engine: validator.run(engine.state.epoch))
+    trainer.run([0], max_epochs=epochs)
+    assert [h["epoch"] for h in history.records] == expected == validator.global_epochs
 
 
 def test_release_workers_ends_persistent_workers():
@@ -331,3 +352,54 @@ def test_report_without_runs_says_so(tmp_path: Path):
     out = Path(benchmark.report(runs=str(tmp_path / "runs"), out=str(tmp_path / "benchmarks.md")))
     text = out.read_text()
     assert "No benchmark run recorded yet" in text and "| run |" not in text
+
+
+@pytest.mark.slow
+def test_run_evaluates_the_best_checkpoint(bench_run: Path):
+    """evaluate.json on the validation split with model.pt: the record the report shows."""
+    doc = _strict_json(bench_run)
+    ev = doc["evaluation"]
+    assert ev["configs"] == ["train.json", "evaluate.json", "quick.json"] and ev["section"] == "validation"
+    assert ev["key_metric"] == "val_mre" and ev["summary"]["n_images"] == 2 and ev["wall_s"] > 0
+    assert ev["clicks"] is None and doc["training"]["stages"] == {}
+    assert "--evaluate" not in doc["command"]
+
+
+@pytest.mark.slow
+def test_run_two_stage_kneel_times_both_stages_and_evaluates_end_to_end(tmp_path: Path):
+    # val_interval 3 > 1 epoch: neither stage validates while training; the harness validates both after their
+    # last epoch, so both best checkpoints exist for the evaluation and inference
+    out = benchmark.run(bundle="kneel", epochs=1, config="quick", out=str(tmp_path / "kneel.json"),
+                        overrides='{"val_interval": 3}', workdir=str(tmp_path / "work"), latency_images=1, warmup=0,
+                        batch_size=3)
+    doc = _strict_json(Path(out))
+    stage2 = doc["training"]["stages"]["stage2#train#trainer"]
+    assert stage2["epochs_run"] == 1 and stage2["images"] > doc["training"]["images"]  # ROIs: 2 knees per image
+    ev = doc["evaluation"]
+    assert ev["configs"] == ["train.json", "evaluate.json", "quick.json"]
+    # every landmark, not the stage-1 ROI centres that the training validation scores
+    assert len(ev["summary"]["per_landmark"]) == doc["dataset"]["num_landmarks"] == 16
+    assert ev["summary"]["per_landmark"][0]["name"] == "femur_lat_margin_R"
+    assert len(doc["validation"]["summary"]["per_landmark"]) == 2
+    # inference loaded both checkpoints of this run (model.pt + model_stage2.pt) and batched originals of any size
+    assert doc["inference"]["throughput"]["failed"] == 0 and doc["inference"]["throughput"]["batch_size"] == 3
+    assert doc["inference"]["latency"]["cpu"]["failed"] == 0
+
+
+@pytest.mark.slow
+def test_run_interactive_records_mre_vs_clicks_and_the_report_plots_it(tmp_path: Path):
+    out = benchmark.run(bundle="interactive_kp", epochs=1, config="quick", out=str(tmp_path / "runs" / "ikp.json"),
+                        workdir=str(tmp_path / "work"), latency_images=1, warmup=0, batch_size=2, section="validation")
+    doc = _strict_json(Path(out))
+    clicks = doc["evaluation"]["clicks"]
+    assert clicks["unit"] == "mm" and clicks["n_images"] == doc["dataset"]["n_validation"]
+    rows = clicks["table"]
+    assert [r["clicks"] for r in rows] == list(range(6))  # evaluate.json: 0..5 clicks
+    assert rows[0]["mre_model"] == pytest.approx(doc["evaluation"]["summary"]["mre"])  # 0 clicks = automatic
+    assert rows[-1]["mre_model"] < rows[0]["mre_model"]  # clicked landmarks are enforced: the error drops
+    assert all(r["smape_model"] is not None for r in rows)  # 68 landmarks: Cobb angles
+    report = Path(benchmark.report(runs=str(tmp_path / "runs"), out=str(tmp_path / "docs" / "benchmarks.md")))
+    text = report.read_text()
+    assert "![ikp: MRE vs clicks](benchmarks/ikp_clicks.png)" in text
+    assert "- MRE vs clicks 0..5 (model revision, mm): " in text and "Cobb-angle SMAPE" in text
+    assert (report.parent / "benchmarks" / "ikp_clicks.png").read_bytes()[:4] == b"\x89PNG"

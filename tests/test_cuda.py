@@ -1,8 +1,9 @@
 """CUDA paths: skipped without a GPU (CI has none); run on a GPU machine with ``pytest tests/test_cuda.py``.
 
 Decoding and mapping back give the same points from CUDA heatmaps as from CPU ones (points always come back on
-the CPU), and the scn fast path (bf16 autocast, channels_last, cudnn benchmark, batch affine and heatmaps on the
-GPU) trains, validates, and infers the same landmarks on the GPU as on the CPU from the same checkpoint.
+the CPU), the batch affine + elastic augmentation warps and moves landmarks on CUDA as on the CPU, and the scn fast
+path (bf16 autocast, channels_last, cudnn benchmark, batch affine + elastic and heatmaps on the GPU) trains,
+validates, and infers the same landmarks on the GPU as on the CPU from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -44,6 +45,23 @@ def test_decoding_and_mapping_back_from_cuda_heatmaps(tmp_path: Path):
         assert out["pred_landmarks"].device.type == "cpu" and out["pred_confidence"].device.type == "cpu"
         results[device] = out["pred_landmarks"]
     torch.testing.assert_close(results["cuda"], results["cpu"], atol=1e-3, rtol=0)
+
+
+def test_batch_affine_elastic_on_cuda_matches_cpu():
+    from monai_ext.transforms.batch_elastic import BatchRandAffineElastic
+
+    aug = BatchRandAffineElastic(rotate_range=0.3, scale_range=0.1, translate_range=4.0, flip_prob=0.5,
+                                 flip_pairs=[[0, 1]], elastic_prob=1.0, elastic_magnitude=2.0, seed=1)
+    images = torch.rand(4, 1, 64, 80)
+    points = torch.stack([10 + 40 * torch.rand(4, 3), 10 + 60 * torch.rand(4, 3)], -1)
+    aug.randomize(4, (64, 80))  # drawn on the CPU, applied on both devices
+    cpu = aug.apply(images, points, aug.matrix, aug.flipped, aug.field)
+    gpu = aug.apply(images.cuda(), points.cuda(), aug.matrix.cuda(), aug.flipped.cuda(), aug.field.cuda())
+    assert gpu[0].is_cuda and gpu[1].is_cuda
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(gpu[1].cpu(), cpu[1], atol=1e-3, rtol=0, equal_nan=True)
+    out, moved = aug(images.cuda(), points.cuda())  # drawn on the GPU with its own generator
+    assert out.is_cuda and aug.field.is_cuda and moved.shape == (4, 3, 2)
 
 
 def test_scn_fast_path_trains_on_cuda_and_infers_like_cpu(tmp_path: Path):

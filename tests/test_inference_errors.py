@@ -142,6 +142,13 @@ def test_collate_keeps_failures_beside_the_batch(inputs: Path):
         FAILED_ITEMS_KEY: [{"image": items[0].image, "error": items[0].error, "position": 0},
                            {"image": items[2].image, "error": items[2].error, "position": 1}]
     }
+    # list_keys: images of different sizes stay a list (one per good item) instead of failing to stack
+    good = [{"image": torch.zeros(1, 4, 5), "original": torch.zeros(1, 7, 9)},
+            {"image": torch.ones(1, 4, 5), "original": torch.ones(1, 3, 2)}]
+    batch = collate_failed_items([good[0], items[0], good[1]], list_keys=["original"])
+    assert batch["image"].shape == (2, 1, 4, 5) and batch[FAILED_ITEMS_KEY][0]["position"] == 1
+    assert [tuple(o.shape) for o in batch["original"]] == [(1, 7, 9), (1, 3, 2)]
+    assert "original" not in collate_failed_items([items[0]], list_keys=["original"])
 
 
 def test_other_errors_still_stop_the_run(inputs: Path):

@@ -4,6 +4,7 @@ masked, gradients reach the heatmaps; spine pairs; BCE with masks."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from monai_ext.losses.heatmap import gaussian_heatmaps
 from monai_ext.losses.morphology import (
     MorphologyAwareHeatmapLoss,
     MorphologyAwareLoss,
+    group_pairs,
     heatmap_coordinates,
     vertebra_pairs,
 )
@@ -30,6 +32,20 @@ def test_vertebra_pairs():
     assert len(vertebra_pairs(68, neighbours=0)) == 17 * 6
     with pytest.raises(ValueError):
         vertebra_pairs(10)
+
+
+def test_group_pairs_and_the_hand_config():
+    assert group_pairs([[17, 18, 19, 20], [5, 2]]) == [[17, 18], [17, 19], [17, 20], [18, 19], [18, 20], [19, 20], [5, 2]]
+    with pytest.raises(ValueError, match="repeats"):
+        group_pairs([[1, 1]])
+    # the interactive bundle's hand.json: every pair within each of the five digits (MCP, PIP, DIP, tip)
+    from monai.bundle import ConfigParser
+
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "interactive_kp" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "hand.json")])
+    pairs = parser.get_parsed_content("morphology_pairs")
+    assert len(pairs) == 5 * 6 and [17, 20] in pairs and [33, 36] in pairs and [20, 21] not in pairs
 
 
 def test_zero_for_identical_and_translated_shapes():

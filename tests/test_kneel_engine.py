@@ -146,3 +146,9 @@ def test_prepare_two_stage_batch():
     assert kwargs["affines"].shape == (1, 4, 4) and math.isclose(float(kwargs["affines"][0, 0, 0]), 2.0)
     with pytest.raises(KeyError, match="CopyItemsd"):
         PrepareTwoStageBatch()({"image": image})
+    # a batch of originals of different sizes (a list): taken out of the batch, one per image
+    two = MetaTensor(torch.zeros(2, 1, 8, 8), affine=affine)
+    batch = {"image": two, "image_original": [MetaTensor(torch.zeros(1, 20, 16)), MetaTensor(torch.zeros(1, 9, 7))]}
+    _, target, _, kwargs = PrepareTwoStageBatch()(batch)
+    assert [tuple(o.shape) for o in kwargs["originals"]] == [(1, 20, 16), (1, 9, 7)] and target is None
+    assert "image_original" not in batch and kwargs["affines"].shape == (2, 4, 4)

@@ -6,6 +6,7 @@ their test checks that every engine compiles the network); batch-level heatmap t
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,21 @@ def test_channels_last_changes_strides_only():
     assert to_channels_last(flat) is flat
     image, _ = PrepareLandmarkBatch(channels_last=True)({"image": x}, torch.device("cpu"))
     assert image.is_contiguous(memory_format=torch.channels_last) and torch.equal(image, x)
+
+
+def test_default_num_workers_follows_the_machine(monkeypatch):
+    from monai_ext.utils import default_num_workers, usable_cores
+
+    assert default_num_workers(cuda=True, cores=16) == 12  # the H100 machine: 12 workers measured
+    assert default_num_workers(cuda=True, cores=64) == 12 and default_num_workers(cuda=True, cores=64, cap=32) == 32
+    assert default_num_workers(cuda=True, cores=3) == 2
+    assert default_num_workers(cuda=False, cores=2) == 2 and default_num_workers(cuda=False, cores=1) == 1
+    assert default_num_workers(cuda=False, cores=32) == 2
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_num_workers() == min(2, usable_cores())
+    # every bundle's training takes its default from here
+    for bundle in ("scn", "kneel", "adv_posenet", "interactive_kp"):
+        parser = ConfigParser()
+        parser.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "train.json"))
+        assert parser["num_workers"] == "$monai_ext.utils.default_num_workers()", bundle

@@ -424,3 +424,60 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode) == 0o666 & ~umask
+
+
+def _jpeg_with_blob(path: Path, size=(400, 600), centre=(123.0, 401.0), quality=95) -> None:
+    """A flat grey JPEG ``size`` = (W, H) with a bright Gaussian blob centred at ``centre`` (x, y) file pixels."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    raster = 50 + 180 * np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * 9.0 ** 2))
+    Image.fromarray(np.clip(raster, 0, 255).astype(np.uint8), mode="L").save(path, quality=quality)
+
+
+def _blob_centre(img: MetaTensor) -> torch.Tensor:
+    """Intensity-weighted centre (x, y) of the blob in the image's pixels (the flat background removed)."""
+    a = img[0].double()
+    a = torch.clamp(a - 100.0, min=0)  # the blob rises 180 grey levels above 50
+    xs, ys = torch.meshgrid(torch.arange(a.shape[0], dtype=torch.float64), torch.arange(a.shape[1], dtype=torch.float64), indexing="ij")
+    return torch.stack([(a * xs).sum() / a.sum(), (a * ys).sum() / a.sum()])
+
+
+def test_reduced_jpeg_decoding_keeps_the_pixel_centre_convention(tmp_path):
+    from monai_ext.transforms.array import move_points
+
+    path = tmp_path / "hand.jpg"
+    _jpeg_with_blob(path)
+    full = LoadRadiograph()(path, spacing=(0.2, 0.1))
+    small = LoadRadiograph(decode_size=(64, 64))(path, spacing=(0.2, 0.1))
+    # 400 x 600 pixels: 1/4 keeps >= 64 per axis (1/8 would leave 50 columns); ceil(size / 4) pixels
+    assert small.meta["decode_scale"] == 4 and tuple(small.shape) == (1, 100, 150)
+    assert full.meta["decode_scale"] == 1 and tuple(full.shape) == (1, 400, 600)
+    # the file's geometry is kept for mapping back: original affine, shape and spacing
+    for key in ("original_affine", "original_spatial_shape", "spacing"):
+        np.testing.assert_allclose(np.asarray(small.meta[key]), np.asarray(full.meta[key]))
+    # reduced pixel i = mean of the file's pixels 4i..4i+3 (DCT scaling), centre 4i + 1.5: x_mm = 0.2 * (4i + 1.5)
+    np.testing.assert_allclose(small.affine[:2, :2].numpy(), np.diag([0.8, 0.4]))
+    np.testing.assert_allclose(small.affine[:2, 3].numpy(), [0.3, 0.15])
+    blocks = full[0].reshape(100, 4, 150, 4).mean(dim=(1, 3))
+    assert float((small[0] - blocks).abs().mean()) < 1.0  # grey levels (0-255)
+    # the blob found in the reduced image lands on the file's blob centre
+    centre = move_points(_blob_centre(small)[None], small.affine, small.meta["original_affine"])[0]
+    np.testing.assert_allclose(centre.numpy(), _blob_centre(full).numpy(), atol=0.25)
+    np.testing.assert_allclose(_blob_centre(full).numpy(), [123.0, 401.0], atol=0.25)
+
+
+def test_reduced_decoding_only_for_jpeg_and_only_when_the_file_is_large_enough(tmp_path):
+    png = tmp_path / "a.png"
+    Image.fromarray((np.arange(400 * 600).reshape(600, 400) % 251).astype(np.uint8)).save(png)
+    a, b = LoadRadiograph()(png), LoadRadiograph(decode_size=(64, 64))(png)
+    assert b.meta["decode_scale"] == 1 and torch.equal(a, b) and torch.equal(a.affine, b.affine)
+    jpg = tmp_path / "b.jpg"
+    _jpeg_with_blob(jpg, size=(100, 120), centre=(50.0, 60.0))
+    img = LoadRadiographd(keys="image", decode_size=(256, 256))({"image": str(jpg)})["image"]
+    assert img.meta["decode_scale"] == 1 and tuple(img.shape) == (1, 100, 120)  # already smaller than asked
+    with pytest.raises(ValueError, match="decode_size"):
+        LoadRadiograph(decode_size=(64,))
+    # the minimum size applies to the file, not to the reduced decode
+    assert LoadRadiograph(min_size=90, decode_size=(8, 8))(jpg).meta["decode_scale"] == 8
+    with pytest.raises(LandmarkDataError, match="smaller than the minimum 110"):
+        LoadRadiograph(min_size=110, decode_size=(8, 8))(jpg)

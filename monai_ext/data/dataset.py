@@ -75,18 +75,25 @@ class SkipFailedDataset(Dataset):
             return FailedItem(str(image), str(error))
 
 
-def collate_failed_items(batch: Sequence[Any]) -> dict[str, Any]:
+def collate_failed_items(batch: Sequence[Any], list_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Collate the good items (dicts) with MONAI's ``list_data_collate``; the :class:`FailedItem` ones go to
     ``out[FAILED_ITEMS_KEY]`` as ``[{"image", "error", "position"}]`` (``position`` = index in ``batch``, so
-    the input order can be restored). A batch without a good item is ``{FAILED_ITEMS_KEY: [...]}`` only."""
+    the input order can be restored). A batch without a good item is ``{FAILED_ITEMS_KEY: [...]}`` only.
+
+    ``list_keys``: keys whose values are not stacked but kept as a list, one per good item (e.g. the original
+    images of a batch, which differ in size); in a config: ``{"_target_": "monai_ext.data.dataset.collate_failed_items",
+    "_mode_": "callable", "list_keys": ["image_original"]}``."""
     good = [item for item in batch if not isinstance(item, FailedItem)]
     failed = [
         {"image": item.image, "error": item.error, "position": i}
         for i, item in enumerate(batch)
         if isinstance(item, FailedItem)
     ]
+    kept = {k: [item[k] for item in good if k in item] for k in list_keys}
+    good = [{k: v for k, v in item.items() if k not in kept} if isinstance(item, dict) else item for item in good]
     out = list_data_collate(good) if good else {}
     if not isinstance(out, dict):
         raise TypeError(f"collate_failed_items needs dictionary items, got {type(good[0]).__name__}")
+    out.update({k: v for k, v in kept.items() if v})
     out[FAILED_ITEMS_KEY] = failed
     return out

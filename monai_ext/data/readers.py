@@ -10,6 +10,10 @@ file stores one:
   stored bit range so that bone is bright, as in MONOCHROME2.
 * NIfTI: the array is stored with axis 0 = x; the spacing is the length of the affine's first two columns.
 * PNG/JPEG/TIFF/BMP: no spacing (it comes from the datalist); colour images are converted to grey.
+  With ``decode_size`` a JPEG is decoded at a reduced DCT scale (1/2, 1/4, 1/8; Pillow's ``draft``) that keeps
+  at least that many pixels per axis: reduced pixel ``i`` averages the file's pixels ``s*i .. s*i+s-1``, so its
+  centre is the file's ``s*i + (s-1)/2`` and :class:`LoadRadiograph` gives it that affine (inference on a
+  network input much smaller than the file: faster, predictions still in the file's pixels).
 
 Anything wrong raises :class:`~monai_ext.errors.LandmarkDataError` with the file name and the reason.
 """
@@ -152,12 +156,16 @@ def _read_nifti(path: str) -> tuple[np.ndarray, dict]:
     }
 
 
-def _read_pil(path: str) -> tuple[np.ndarray, dict]:
+def _read_pil(path: str, decode_size: Sequence[int] | None = None) -> tuple[np.ndarray, dict]:
     from PIL import Image
 
     try:
         with Image.open(path) as img:
+            full = img.size  # (W, H)
+            if decode_size is not None and img.format == "JPEG":
+                img.draft(None, tuple(int(v) for v in decode_size))  # DCT scaling, before anything is decoded
             img.load()  # decodes now: truncated files fail here, not later
+            scale = full[0] / img.size[0]
             mode = img.mode
             if mode in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
                 arr = np.asarray(img)
@@ -166,16 +174,27 @@ def _read_pil(path: str) -> tuple[np.ndarray, dict]:
     except Exception as e:
         raise LandmarkDataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
     arr = _to_grey(arr, path)
+    meta = {"spacing": None, "spacing_source": None, "format": Path(path).suffix[1:].upper(),
+            "decode_scale": int(round(scale)), "file_shape": full}
     # transpose in the file's own dtype (8-bit: a quarter of the bytes); read_radiograph converts to float32
-    return np.ascontiguousarray(arr.T), {"spacing": None, "spacing_source": None, "format": Path(path).suffix[1:].upper()}
+    return np.ascontiguousarray(arr.T), meta
 
 
-def read_radiograph(path: str | os.PathLike, min_size: int = 16) -> tuple[np.ndarray, dict]:
+def read_radiograph(
+    path: str | os.PathLike, min_size: int = 16, decode_size: Sequence[int] | None = None
+) -> tuple[np.ndarray, dict]:
     """Read one 2D radiograph.
 
+    Args:
+        path: the file.
+        min_size: smallest accepted size in pixels along each axis (of the file).
+        decode_size: ``(W, H)``: decode a JPEG at the smallest DCT scale (1/2, 1/4 or 1/8) that keeps at least
+            these many pixels along each axis; other formats are read whole.
+
     Returns:
-        ``array`` float32 ``(W, H)`` (axis 0 = x) and ``meta`` with ``spacing`` ``(sx, sy)`` mm/pixel
-        or ``None``, ``spacing_source`` (tag name, ``"nifti"`` or ``None``) and ``format``.
+        ``array`` float32 ``(W, H)`` (axis 0 = x) and ``meta`` with ``spacing`` ``(sx, sy)`` mm/pixel of the
+        file or ``None``, ``spacing_source`` (tag name, ``"nifti"`` or ``None``), ``format``, ``decode_scale``
+        (``s``: the array has ``ceil(file size / s)`` pixels, 1 = full size) and ``file_shape`` (W, H).
 
     Raises:
         LandmarkDataError: missing/unreadable file, no pixel data, not 2D, NaN/inf pixels, a blank (constant)
@@ -190,18 +209,19 @@ def read_radiograph(path: str | os.PathLike, min_size: int = 16) -> tuple[np.nda
     elif suffix in NIFTI_SUFFIXES:
         arr, meta = _read_nifti(path)
     elif suffix in PIL_SUFFIXES:
-        arr, meta = _read_pil(path)
+        arr, meta = _read_pil(path, decode_size)
     else:  # no telling suffix: DICOM files often have none
         try:
             arr, meta = _read_dicom(path)
         except LandmarkDataError:
-            arr, meta = _read_pil(path)
+            arr, meta = _read_pil(path, decode_size)
     if arr.ndim != 2:
         raise LandmarkDataError(f"{path}: expected a 2D image, got shape {arr.shape}")
-    if min(arr.shape) < min_size:
-        raise LandmarkDataError(
-            f"{path}: image is {arr.shape[0]}x{arr.shape[1]} pixels, smaller than the minimum {min_size} per axis"
-        )
+    meta.setdefault("decode_scale", 1)
+    meta.setdefault("file_shape", tuple(int(v) for v in arr.shape))
+    if min(meta["file_shape"]) < min_size:
+        w, h = meta["file_shape"]
+        raise LandmarkDataError(f"{path}: image is {w}x{h} pixels, smaller than the minimum {min_size} per axis")
     if arr.dtype.kind in "fc" and not np.isfinite(arr).all():  # integer pixels are always finite
         bad = int((~np.isfinite(arr)).sum())
         raise LandmarkDataError(f"{path}: {bad} pixel value(s) are NaN or infinite")
@@ -252,18 +272,27 @@ class LoadRadiograph(Transform):
         require_spacing: raise if neither the file nor ``spacing`` gives a pixel spacing; otherwise such
             images get 1 mm/pixel and ``spacing_source`` ``"none"`` (results are then in pixels).
         min_size: smallest accepted size in pixels along each axis.
+        decode_size: ``(W, H)``, e.g. the network input size: decode JPEGs at the smallest DCT scale ``1/s``
+            (s = 2, 4, 8) that keeps at least that many pixels per axis (:func:`read_radiograph`). The image then
+            has ``ceil(file size / s)`` pixels and the affine ``x_mm = sx * (s * i + (s - 1) / 2)``, while
+            ``original_affine``, ``original_spatial_shape`` and ``spacing`` stay the file's. For inference: the
+            landmarks of a datalist item are in the file's pixels and are not moved here.
 
     ``meta`` holds ``spacing`` ``(sx, sy)`` mm/pixel, ``spacing_source`` (``"PixelSpacing"``,
     ``"ImagerPixelSpacing"``, ``"nifti"``, ``"datalist"`` or ``"none"``), ``original_affine`` and
-    ``original_spatial_shape`` (used to map predictions back to the file's pixels).
+    ``original_spatial_shape`` (used to map predictions back to the file's pixels) and ``decode_scale``.
     """
 
-    def __init__(self, require_spacing: bool = False, min_size: int = 16):
+    def __init__(self, require_spacing: bool = False, min_size: int = 16, decode_size: Sequence[int] | None = None):
         self.require_spacing = require_spacing
+        self.decode_size = None if decode_size is None else tuple(int(v) for v in decode_size)
+        if self.decode_size is not None and (len(self.decode_size) != 2 or min(self.decode_size) < 1):
+            raise ValueError(f"LoadRadiograph: decode_size must be two positive pixel counts (W, H), got {decode_size!r}")
         self.reader = RadiographReader(min_size=min_size)
 
     def __call__(self, filename: str | os.PathLike, spacing: Sequence[float] | None = None) -> MetaTensor:
-        arr, meta = self.reader.get_data(self.reader.read(filename))
+        name = str(filename)
+        arr, meta = self.reader.get_data((name, *read_radiograph(name, self.reader.min_size, self.decode_size)))
         if spacing is not None:
             spacing = [float(s) for s in np.asarray(spacing, dtype=np.float64).reshape(-1)]
             if not _valid_spacing(spacing):
@@ -279,13 +308,18 @@ class LoadRadiograph(Transform):
             )
         else:
             spacing, source = (1.0, 1.0), "none"
-        affine = spacing_affine(spacing)
+        original = spacing_affine(spacing)
+        scale = int(meta.get("decode_scale", 1))
+        affine = original.clone()
+        if scale > 1:  # reduced decode: pixel i is the mean of the file's pixels s*i .. s*i+s-1
+            affine[:2, :2] *= scale
+            affine[:2, 3] = original.diagonal()[:2] * (scale - 1) / 2.0
         meta.pop("affine", None)  # given to MetaTensor below (avoids MONAI's "meta contains an affine" warning)
         meta.update(
-            original_affine=affine.clone(),
+            original_affine=original,
             spacing=np.asarray(spacing, dtype=np.float64),
             spacing_source=source,
-            original_spatial_shape=np.asarray(arr.shape),
+            original_spatial_shape=np.asarray(meta.pop("file_shape")),
         )
         return MetaTensor(torch.from_numpy(arr)[None], affine=affine, meta=meta)
 
@@ -304,11 +338,12 @@ class LoadRadiographd(MapTransform):
         spacing_key: str = "spacing",
         require_spacing: bool = False,
         min_size: int = 16,
+        decode_size: Sequence[int] | None = None,
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
         self.spacing_key = spacing_key
-        self.loader = LoadRadiograph(require_spacing=require_spacing, min_size=min_size)
+        self.loader = LoadRadiograph(require_spacing=require_spacing, min_size=min_size, decode_size=decode_size)
 
     def __call__(self, data):
         d = dict(data)

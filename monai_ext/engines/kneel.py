@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -115,7 +115,9 @@ class PrepareTwoStageBatch(PrepareBatch):
 
     ``originals`` are the per-image original images (``original_key``, kept by ``CopyItemsd`` before the stage-1
     resampling; the intensity-scaled full-resolution image) as a list of ``MetaTensor``; ``affines`` the
-    ``(B, 4, 4)`` affines of the stage-1 images. Originals of different sizes only collate with ``batch_size=1``.
+    ``(B, 4, 4)`` affines of the stage-1 images. Originals of different sizes collate only as a list
+    (``collate_failed_items`` with ``list_keys=["image_original"]``); they are taken out of a mutable batch
+    dict, since only the inferer needs them and the engine's decollation of the batch cannot split a list.
     """
 
     def __init__(self, image_key: str = CommonKeys.IMAGE, original_key: str = "image_original", landmark_key: str = "landmarks"):
@@ -132,7 +134,7 @@ class PrepareTwoStageBatch(PrepareBatch):
                 f"PrepareTwoStageBatch: no '{self.original_key}' in the batch: copy the loaded image there "
                 "(CopyItemsd) before the stage-1 resampling."
             )
-        originals = batchdata[self.original_key]
+        originals = batchdata.pop(self.original_key) if isinstance(batchdata, MutableMapping) else batchdata[self.original_key]
         originals = list(originals) if isinstance(originals, (list, tuple)) else decollate_batch(originals)
         if not isinstance(image, MetaTensor):
             raise TypeError("PrepareTwoStageBatch: the stage-1 image must be a MetaTensor (its affine maps points back).")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from monai_ext.decoding import decode_heatmaps, soft_argmax
 
-__all__ = ["vertebra_pairs", "heatmap_coordinates", "MorphologyAwareLoss", "MorphologyAwareHeatmapLoss"]
+__all__ = ["vertebra_pairs", "group_pairs", "heatmap_coordinates", "MorphologyAwareLoss", "MorphologyAwareHeatmapLoss"]
 
 COORDINATE_METHODS = ("local_soft_argmax", "soft_argmax")
 
@@ -44,6 +44,18 @@ def vertebra_pairs(num_landmarks: int, corners_per_vertebra: int = 4, neighbours
         pairs += [[v * c + a, v * c + b] for a in range(c) for b in range(a + 1, c)]
         for w in range(v + 1, min(n_vert, v + neighbours + 1)):
             pairs += [[v * c + a, w * c + b] for a in range(c) for b in range(c)]
+    return pairs
+
+
+def group_pairs(groups: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Every pair of landmarks within each group (e.g. the MCP, PIP, DIP and tip of one digit of a hand), in
+    group order: ``[[g[a], g[b]] for a < b]`` per group. Groups of 4 give 6 pairs each."""
+    pairs = []
+    for group in groups:
+        g = [int(i) for i in group]
+        if len(set(g)) != len(g):
+            raise ValueError(f"group_pairs: a group repeats a landmark: {g}")
+        pairs += [[g[a], g[b]] for a in range(len(g)) for b in range(a + 1, len(g))]
     return pairs
 
 

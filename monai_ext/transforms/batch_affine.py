@@ -192,11 +192,7 @@ class BatchRandAffine:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Warp ``images`` ``(B, C, W, H)`` and move ``landmarks`` ``(B, K, 2)`` by the forward ``matrix``
         ``(B, 3, 3)``; ``flipped`` ``(B,)`` selects the samples whose landmarks are permuted by ``flip_pairs``."""
-        img = convert_to_tensor(images, track_meta=False)
-        if img.ndim != 4:
-            raise ValueError(f"BatchRandAffine: images must be (B, C, W, H), got shape {tuple(img.shape)}.")
-        if not img.is_floating_point():
-            img = img.float()
+        img = self.as_batch(images)
         spatial = tuple(img.shape[2:])
         mat = matrix.to(device=img.device, dtype=torch.float64)
         to_grid = _pixel_to_grid(spatial, torch.float64, img.device)
@@ -205,20 +201,36 @@ class BatchRandAffine:
         warped = F.grid_sample(img, grid, mode=self.mode, padding_mode=self.padding_mode, align_corners=False)
         if landmarks is None:
             return warped, None
-        pts = convert_to_tensor(landmarks, track_meta=False).to(device=img.device)
-        if pts.ndim != 3 or pts.shape[0] != img.shape[0] or pts.shape[-1] != 2:
-            raise ValueError(
-                f"BatchRandAffine: landmarks must be (B={img.shape[0]}, K, 2), got shape {tuple(pts.shape)}."
-            )
-        p = pts.to(torch.float64)
+        pts = convert_to_tensor(landmarks, track_meta=False)
+        moved = self.move_landmarks(pts, mat, flipped, spatial)
+        return warped, moved.to(pts.dtype if pts.is_floating_point() else torch.float32)
+
+    @staticmethod
+    def as_batch(images: torch.Tensor) -> torch.Tensor:
+        """``images`` as a plain floating-point ``(B, C, W, H)`` tensor (a ``ValueError`` for another rank)."""
+        img = convert_to_tensor(images, track_meta=False)
+        if img.ndim != 4:
+            raise ValueError(f"BatchRandAffine: images must be (B, C, W, H), got shape {tuple(img.shape)}.")
+        return img if img.is_floating_point() else img.float()
+
+    def move_landmarks(
+        self, landmarks: torch.Tensor, matrix: torch.Tensor, flipped: torch.Tensor | None, spatial_shape: Sequence[int]
+    ) -> torch.Tensor:
+        """``(B, K, 2)`` pixel points moved by the forward ``matrix`` ``(B, 3, 3)`` (float64, on the matrix's
+        device), permuted by ``flip_pairs`` where ``flipped``, NaN beyond ``margin`` of an image of ``spatial_shape``."""
+        device = matrix.device
+        p = convert_to_tensor(landmarks, track_meta=False).to(device=device, dtype=torch.float64)
+        if p.ndim != 3 or p.shape[0] != matrix.shape[0] or p.shape[-1] != 2:
+            raise ValueError(f"BatchRandAffine: landmarks must be (B={matrix.shape[0]}, K, 2), got shape {tuple(p.shape)}.")
+        mat = matrix.to(torch.float64)
         moved = p @ mat[:, :2, :2].transpose(1, 2) + mat[:, None, :2, 2]
-        size = torch.tensor(spatial, dtype=torch.float64, device=img.device)
+        size = torch.tensor([float(s) for s in spatial_shape], dtype=torch.float64, device=device)
         outside = ((moved < -self.margin) | (moved > size - 1 + self.margin)).any(-1, keepdim=True)
         moved = moved.masked_fill(outside, float("nan"))
         if flipped is not None and self.flip_pairs:
-            perm = torch.tensor(self.permutation(p.shape[1]), device=img.device)
-            moved = torch.where(flipped.to(img.device)[:, None, None], moved[:, perm], moved)
-        return warped, moved.to(pts.dtype if pts.is_floating_point() else torch.float32)
+            perm = torch.tensor(self.permutation(p.shape[1]), device=device)
+            moved = torch.where(flipped.to(device)[:, None, None], moved[:, perm], moved)
+        return moved
 
     def __call__(
         self, images: torch.Tensor, landmarks: torch.Tensor | None = None, randomize: bool = True
@@ -230,4 +242,8 @@ class BatchRandAffine:
         """
         if randomize or self._matrix is None:
             self.randomize(images.shape[0], tuple(images.shape[2:]), images.device)
+        return self.apply_drawn(images, landmarks)
+
+    def apply_drawn(self, images: torch.Tensor, landmarks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`apply` with the last drawn parameters."""
         return self.apply(images, landmarks, self._matrix, self._flipped)
