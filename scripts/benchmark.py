@@ -112,6 +112,9 @@ def _extra_configs(bundle_dir: Path, config: Any) -> list[str]:
 
 
 def _parse_overrides(overrides: Any) -> dict[str, Any]:
+    """``--overrides``: a JSON object (text) or the dict fire already parsed from it. Fire reads the command line's
+    ``{"decode_size": null}`` as a Python literal with the bare word ``null`` as the string ``"null"``: such
+    values (top level) are JSON's null, i.e. ``None``."""
     if overrides is None or overrides == "":
         return {}
     if isinstance(overrides, str):
@@ -121,7 +124,7 @@ def _parse_overrides(overrides: Any) -> dict[str, Any]:
             raise ValueError(f"--overrides must be a JSON object of config ids, got {overrides!r}: {e}") from e
     if not isinstance(overrides, Mapping):
         raise ValueError(f"--overrides must be a JSON object of config ids, got {type(overrides).__name__}")
-    return {str(k): v for k, v in overrides.items()}
+    return {str(k): None if v == "null" else v for k, v in overrides.items()}
 
 
 def _jsonable(value: Any) -> Any:
@@ -377,7 +380,8 @@ def _run(
     settings = {
         "configs": [str(configs / "train.json"), *extra],
         "overrides": user,
-        "spatial_size": _get(parser, "spatial_size"),
+        "spatial_size": _get(parser, "spatial_size", _get(parser, "stage1_size")),  # KNEEL: the stage-1 input
+        "roi_size": _get(parser, "roi_size"),  # KNEEL: the stage-2 ROIs (pixels)
         "batch_size": _get(parser, "train#dataloader#batch_size", _get(parser, "batch_size")),
         "num_workers": _get(parser, "train#dataloader#num_workers", _get(parser, "num_workers")),
         "max_epochs": _get(parser, "max_epochs"),
@@ -526,8 +530,10 @@ def _memory(mb: Any) -> str:
 
 
 def _resolution(run: Mapping[str, Any]) -> str:
-    size = run.get("settings", {}).get("spatial_size")
-    return "×".join(str(int(s)) for s in size) if size else "—"
+    settings = run.get("settings", {})
+    size, roi = settings.get("spatial_size"), settings.get("roi_size")
+    text = "×".join(str(int(s)) for s in size) if size else "—"
+    return f"{text}, ROIs {'×'.join(str(int(s)) for s in roi)}" if roi else text
 
 
 def _result(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -819,16 +825,18 @@ def report(runs: str = "runs/bench", out: str = "docs/benchmarks.md", plots: str
                          f"train img/s, data wait {100 * (stage.get('data_wait_fraction') or 0):.1f} %")
         evaluation = run.get("evaluation")
         if evaluation:
+            first = " (first stage)" if tr.get("stages") else ""
             lines.append(f"- evaluation ({' + '.join(evaluation.get('configs', []))}, validation split, best "
-                         f"checkpoint): {evaluation.get('summary_metric')} {_mre(run)}, "
-                         f"{_headline(run)}; after the last epoch: {_number((val.get('summary') or {}).get('mre'))}"
-                         f" {val.get('unit', '')}")
+                         f"checkpoint): {evaluation.get('summary_metric')} {_mre(run)}, {_headline(run)}; the "
+                         f"training's own validation{first} after the last epoch: "
+                         f"{_number((val.get('summary') or {}).get('mre'))} {val.get('unit', '')}")
         clicks = clicks_line(run)
         if clicks:
             lines.append(f"- {clicks}")
         tta = time_to_accuracy(run)
         if tta:
-            lines.append(f"- time to accuracy (validation during training): {tta}")
+            first = ", first stage" if tr.get("stages") else ""
+            lines.append(f"- time to accuracy (validation during training{first}): {tta}")
         lines.append("")
         for kind, plot in (("detection", plot_detection_curve), ("landmarks", plot_per_landmark),
                            ("clicks", plot_clicks), ("time", plot_time_to_accuracy)):

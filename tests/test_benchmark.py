@@ -220,6 +220,15 @@ def test_run_rejects_bad_arguments(tmp_path: Path):
     assert not (tmp_path / "x.json").exists()
 
 
+def test_overrides_from_the_command_line_keep_json_null():
+    import fire
+
+    parsed = fire.Fire(lambda overrides=None: overrides, command=["--overrides", '{"decode_size": null, "amp": true}'])
+    assert parsed == {"decode_size": "null", "amp": "true"}  # fire reads JSON's bare words as strings
+    assert benchmark._parse_overrides(parsed) == {"decode_size": None, "amp": "true"}  # as_flag reads "true"
+    assert benchmark._parse_overrides('{"decode_size": null, "size": [1, 2]}') == {"decode_size": None, "size": [1, 2]}
+
+
 def _tiny_datalist(folder: Path) -> Path:
     """4 / 2 / 2 small DICOMs (spacing 0.5 x 0.4 mm) with 3 bright-blob landmarks each."""
     rng = np.random.default_rng(0)
@@ -373,6 +382,7 @@ def test_run_two_stage_kneel_times_both_stages_and_evaluates_end_to_end(tmp_path
                         overrides='{"val_interval": 3}', workdir=str(tmp_path / "work"), latency_images=1, warmup=0,
                         batch_size=3)
     doc = _strict_json(Path(out))
+    assert doc["settings"]["spatial_size"] == [64, 64] and doc["settings"]["roi_size"] == [64, 64]  # quick.json
     stage2 = doc["training"]["stages"]["stage2#train#trainer"]
     assert stage2["epochs_run"] == 1 and stage2["images"] > doc["training"]["images"]  # ROIs: 2 knees per image
     ev = doc["evaluation"]
