@@ -1,0 +1,53 @@
+"""scripts/decode_benchmark.py: whole-file vs reduced-scale JPEG decoding with one checkpoint (here an untrained
+scn quick network on small JPEG hands): both inference runs, their errors and shift, the interleaved timing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from PIL import Image
+
+from monai_ext.data.readers import read_radiograph
+from monai_ext.data.synthetic import generate_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("decode_benchmark", REPO / "scripts" / "decode_benchmark.py")
+decode_benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(decode_benchmark)
+
+
+@pytest.mark.slow
+def test_compares_full_and_reduced_decoding(tmp_path: Path):
+    source = generate_dataset("hand", tmp_path / "dicom", n_train=1, n_val=3, n_test=0)
+    doc = json.loads(Path(source).read_text())
+    for item in doc["validation"]:  # the phantoms as 8-bit JPEGs, spacing in the datalist
+        arr, meta = read_radiograph(Path(source).parent / item["image"])
+        grey = (255 * (arr - arr.min()) / (arr.max() - arr.min())).astype(np.uint8).T
+        name = Path(item["image"]).with_suffix(".jpg").name
+        Image.fromarray(grey).save(tmp_path / name, quality=95)
+        item.update(image=str(tmp_path / name), spacing=list(meta["spacing"]))
+    for item in doc["training"]:
+        item["image"] = str(Path(source).parent / item["image"])
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps(doc))
+    configs = [str(REPO / "bundles/scn/configs" / c) for c in ("inference.json", "quick.json")]
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser["datalist"] = str(datalist)
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
+    out = tmp_path / "decode.json"
+    record = decode_benchmark.run(bundle="scn", checkpoint=str(tmp_path / "model.pt"), datalist=str(datalist),
+                                  config="quick", decode_size="32,32", repeats=2, out=str(out))
+    assert json.loads(out.read_text())["n_images"] == 3 == record["n_images"]
+    assert record["decode_size"] == [32, 32] and record["decode_scales"]["full"] == [1]
+    assert min(record["decode_scales"]["reduced"]) > 1  # the JPEGs really were decoded at a reduced scale
+    for mode in ("full", "reduced"):
+        assert record["modes"][mode]["mre"] > 0 and record["preprocessing_ms"][mode]["n"] == 6
+    assert record["shift"]["unit"] == "mm" and record["shift"]["max"] >= record["shift"]["median"] >= 0
