@@ -14,6 +14,7 @@ Step anatomy of an ignite engine (what :class:`IterationTimer` measures)::
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -29,6 +30,8 @@ import torch
 from ignite.engine import Engine, Events
 
 __all__ = [
+    "record_json",
+    "write_record",
     "FinalValidation",
     "IterationTimer",
     "PeakMemoryMonitor",
@@ -264,6 +267,20 @@ class FinalValidation:
     def __call__(self, trainer: Engine) -> None:
         if not self.history.records or self.history.records[-1]["epoch"] != trainer.state.epoch:
             self.validator.run(trainer.state.epoch)
+
+
+def record_json(record: Any) -> str:
+    """A benchmark record as indented JSON text (numpy scalars and other numbers as floats)."""
+    return json.dumps(record, indent=1, default=float)
+
+
+def write_record(record: Any, out: str | os.PathLike | None) -> None:
+    """Write :func:`record_json` of ``record`` to ``out`` atomically (nothing when ``out`` is empty)."""
+    if out:
+        from monai_ext.utils import atomic_write
+
+        with atomic_write(Path(out)) as f:
+            f.write(record_json(record) + "\n")
 
 
 def release_workers(*loaders: Any) -> None:

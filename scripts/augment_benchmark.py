@@ -26,8 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from monai_ext.benchmark import latency_stats, machine_info  # noqa: E402
-from monai_ext.utils import atomic_write  # noqa: E402
+from monai_ext.benchmark import latency_stats, machine_info, record_json, write_record  # noqa: E402
 
 
 def _parser(bundle_dir: Path, on_device: bool, overrides: dict[str, Any]):
@@ -92,11 +91,9 @@ def run(
             entry["batch_ms"] = _timed(step, max(1, int(repeats) // 3))
         record["settings"]["augment_on_device" if on_device else "per_sample"] = entry
     record["machine"] = machine_info(device)
-    if out:
-        with atomic_write(Path(out)) as f:
-            f.write(json.dumps(record, indent=1, default=float) + "\n")
+    write_record(record, out)
     return record
 
 
 if __name__ == "__main__":
-    fire.Fire(run, serialize=lambda record: json.dumps(record, indent=1, default=float))
+    fire.Fire(run, serialize=record_json)

@@ -31,10 +31,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from monai_ext.benchmark import latency_stats, machine_info  # noqa: E402
+from monai_ext.benchmark import latency_stats, machine_info, record_json, write_record  # noqa: E402
 from monai_ext.data.datalist import load_datalist  # noqa: E402
 from monai_ext.metrics.distances import summarize_errors  # noqa: E402
-from monai_ext.utils import atomic_write  # noqa: E402
 
 MODES = ("full", "reduced")
 
@@ -124,11 +123,9 @@ def run(
     record["decode_scales"] = {mode: sorted(scales[mode]) for mode in MODES}
     record["threads"], record["repeats"] = int(threads), int(repeats)
     record["machine"] = machine_info("cpu")
-    if out:
-        with atomic_write(Path(out)) as f:
-            f.write(json.dumps(record, indent=1, default=float) + "\n")
+    write_record(record, out)
     return record
 
 
 if __name__ == "__main__":
-    fire.Fire(run, serialize=lambda record: json.dumps(record, indent=1, default=float))
+    fire.Fire(run, serialize=record_json)
