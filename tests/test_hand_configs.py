@@ -1,5 +1,6 @@
-"""The bundles' hand-set configs (``configs/hand.json`` of kneel and interactive_kp) merge after train.json and
-train, evaluate and infer end to end; here on the synthetic hand phantom (37 landmarks, like the hand set)."""
+"""The bundles' hand-set configs (``configs/hand.json`` of kneel, interactive_kp and adv_posenet) merge after
+train.json and train, evaluate and infer end to end; here on the synthetic hand phantom (37 landmarks, like the hand
+set)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _run(bundle: Path, configs: list[str], run_id: str, tmp: Path, **overrides):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["kneel", "interactive_kp"])
+@pytest.mark.parametrize("name", ["kneel", "interactive_kp", "adv_posenet"])
 def test_hand_config_trains_evaluates_and_infers(name: str, tmp_path: Path):
     bundle = REPO / "bundles" / name
     hand = json.loads((bundle / "configs" / "hand.json").read_text())
@@ -35,6 +36,9 @@ def test_hand_config_trains_evaluates_and_infers(name: str, tmp_path: Path):
         groups = parser.get_parsed_content("groups")
         assert parser.get_parsed_content("roi_groups") == hand["roi_groups"] and groups.num_groups == 10
         assert (tmp_path / "models" / "model_stage2.pt").is_file()
+    elif name == "adv_posenet":
+        assert parser.get_parsed_content("optimizer").param_groups[0]["lr"] == hand["learning_rate"] == 1e-3
+        assert parser.get_parsed_content("loss").spatial_reduction == hand["mse_spatial_reduction"] == "sum"
     else:
         pairs = parser.get_parsed_content("morphology_pairs")
         assert len(pairs) == 30 and parser.get_parsed_content("loss").morphology.pairs.shape[0] == 30
