@@ -9,6 +9,8 @@ Usage::
         --overrides '{"spatial_size": [128, 128]}' --config quick --out runs/bench/scn_hand_128.json
     # regenerate docs/benchmarks.md (table) and docs/benchmarks/*.png (plots) from every run file
     python scripts/benchmark.py report --runs runs/bench --out docs/benchmarks.md
+    # attach a note to a run (e.g. a later code change that its accuracy predates); shown by the report
+    python scripts/benchmark.py note runs/bench/scn_hand_256.json "measured before ..."
 
 ``run`` builds the bundle's training workflow with MONAI's ``ConfigWorkflow`` (``configs/train.json``, then
 the ``--config`` files such as ``quick``, then ``--overrides``), trains for ``--epochs`` (or whole epochs
@@ -495,6 +497,26 @@ def _run(
 # ----------------------------------------------------------------------------------------------
 
 
+def note(run: str, text: str) -> str:
+    """Set the ``note`` of the run file ``run`` to ``text`` (empty: remove it); the report shows it under the
+    run and marks the run's table row. The measured fields are not touched. Returns ``run``."""
+    path = Path(run)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable run file: {e}") from e
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: not a benchmark run file (schema {SCHEMA!r})")
+    if str(text).strip():
+        doc["note"] = str(text).strip()
+    else:
+        doc.pop("note", None)
+    with atomic_write(path) as f:
+        json.dump(doc, f, indent=1, allow_nan=False)
+        f.write("\n")
+    return str(path)
+
+
 def load_runs(runs: str | os.PathLike) -> list[dict[str, Any]]:
     """Every benchmark JSON (``"schema": SCHEMA``) in the folder ``runs`` (not recursive), oldest first;
     other JSON files (e.g. datalists) are ignored."""
@@ -740,7 +762,7 @@ def table_row(run: Mapping[str, Any]) -> list[str]:
     tr = run.get("training", {})
     wait = tr.get("data_wait_fraction")
     return [
-        run["name"],
+        run["name"] + (" (see note)" if run.get("note") else ""),
         run.get("bundle", "—"),
         run.get("dataset", {}).get("name") or "—",
         _resolution(run),
@@ -820,6 +842,8 @@ def report(runs: str = "runs/bench", out: str = "docs/benchmarks.md", plots: str
             f"torch {m.get('torch')}, MONAI {m.get('monai')}, Python {m.get('python')}; "
             f"commit {str(m.get('git_commit'))[:10]}{' (modified)' if m.get('git_dirty') else ''}; {run.get('date')}",
         ]
+        if run.get("note"):
+            lines.append(f"- **note**: {run['note']}")
         for key, stage in (tr.get("stages") or {}).items():
             lines.append(f"- {key}: {stage.get('epochs_run')} epoch(s), {_number(stage.get('images_per_s'))} "
                          f"train img/s, data wait {100 * (stage.get('data_wait_fraction') or 0):.1f} %")
@@ -853,7 +877,7 @@ def report(runs: str = "runs/bench", out: str = "docs/benchmarks.md", plots: str
     return str(out_path)
 
 
-COMMANDS = {"run": run, "report": report}
+COMMANDS = {"run": run, "report": report, "note": note}
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

@@ -2,9 +2,10 @@
 # The GPU benchmark runs behind docs/benchmarks.md, one phase per call (each fits a 10-minute slot):
 #
 #   bash scripts/gpu_benchmarks.sh throughput OUT_DIR   # SCN 256²/512² training speed: per-sample CPU path vs fast path
-#   bash scripts/gpu_benchmarks.sh accuracy   OUT_DIR   # SCN time to accuracy: MINUTES (default 7) of training, MRE vs minutes
-#   bash scripts/gpu_benchmarks.sh bundles    OUT_DIR   # adv_posenet, kneel (configs/hand.json), interactive_kp on the hand set
-#                                                       # (configs/hand.json) and on AASCE, side by side
+#   bash scripts/gpu_benchmarks.sh accuracy   OUT_DIR   # SCN time to accuracy: MINUTES (default 7) of training (the bundle's
+#                                                       # max_minutes: LR decayed over the time budget), MRE vs minutes
+#   bash scripts/gpu_benchmarks.sh bundles    OUT_DIR   # adv_posenet, kneel, interactive_kp (configs/hand.json) on the hand set
+#                                                       # and interactive_kp on AASCE, side by side
 #   bash scripts/gpu_benchmarks.sh summary    OUT_DIR   # one line per recorded run
 #
 # HAND / SPINE: datalists (default: the downscaled copies written by scripts/downscale_datalist.py into .devdata/,
@@ -37,15 +38,15 @@ throughput)
     ;;
 accuracy)
     bench "scn_hand${SIZE:-512}_tta_gpu" 550 --bundle scn --datalist "$hand" ${CONFIG:+--config "$CONFIG"} \
-        --minutes "${MINUTES:-7}" --epochs "${EPOCHS:-400}" \
-        --overrides "{\"batch_size\": ${BATCH:-8}, $fast, \"val_interval\": ${VAL_INTERVAL:-5}${EXTRA:+, $EXTRA}}"
+        --minutes "${MINUTES:-7}" --epochs "${EPOCHS:-100000}" \
+        --overrides "{\"batch_size\": ${BATCH:-8}, $fast, \"max_minutes\": ${MINUTES:-7}, \"val_interval\": ${VAL_INTERVAL:-5}${EXTRA:+, $EXTRA}}"
     ;;
 bundles)
     # run side by side on the one GPU: their accuracy figures stand, their speed figures are shared-GPU figures
     w=$((workers / 4))
     gpu="\"amp\": true, \"cudnn_benchmark\": true, \"num_workers\": $w"
-    bench adv_posenet_hand_gpu 500 --bundle adv_posenet --datalist "$hand" --minutes "${MINUTES:-5}" \
-        --overrides "{\"spatial_size\": [256, 384], \"num_workers\": $w, \"val_interval\": 10, \"overlay_interval\": 0}" &
+    bench adv_posenet_hand_gpu 500 --bundle adv_posenet --config hand --datalist "$hand" --minutes "${MINUTES:-5}" \
+        --overrides "{\"num_workers\": $w, \"val_interval\": 10, \"overlay_interval\": 0}" &
     bench interactive_kp_spine_gpu 500 --bundle interactive_kp --datalist "$spine" --minutes "${MINUTES:-5}" \
         --overrides "{$gpu, \"val_interval\": 10}" &
     bench interactive_kp_hand_gpu 500 --bundle interactive_kp --config hand --datalist "$hand" --minutes "${MINUTES:-5}" \

@@ -356,6 +356,24 @@ def test_report_writes_table_row_and_plots(bench_run: Path, tmp_path: Path):
         assert (out.parent / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_note_is_shown_by_the_report_and_can_be_removed(bench_run: Path, tmp_path: Path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    run = runs / "tiny_scn.json"
+    run.write_text(bench_run.read_text())
+    measured = json.loads(run.read_text())
+    benchmark.main(["note", str(run), "accuracy predates commit abc"])
+    doc = json.loads(run.read_text())
+    assert doc.pop("note") == "accuracy predates commit abc" and doc == measured
+    text = Path(benchmark.report(runs=str(runs), out=str(tmp_path / "b.md"))).read_text()
+    assert "| tiny_scn (see note) |" in text and "- **note**: accuracy predates commit abc" in text
+    benchmark.note(str(run), "")
+    assert json.loads(run.read_text()) == measured
+    (runs / "other.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(ValueError, match="not a benchmark run file"):
+        benchmark.note(str(runs / "other.json"), "x")
+
+
 def test_report_without_runs_says_so(tmp_path: Path):
     (tmp_path / "runs").mkdir()
     out = Path(benchmark.report(runs=str(tmp_path / "runs"), out=str(tmp_path / "benchmarks.md")))
