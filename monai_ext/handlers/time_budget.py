@@ -54,7 +54,6 @@ class TimeBudget:
         self.clock = clock
         self.used_s = 0.0  # seconds used before the current run (a resumed run)
         self.base_lrs: list[float] | None = None
-        self.epochs_run = 0  # epochs of the current run
         self._start: float | None = None
         self._epoch_starts: list[float] = []
         self._logger = logging.getLogger(__name__)
@@ -77,7 +76,6 @@ class TimeBudget:
 
     def _started(self, engine: Engine) -> None:
         self._start = self.clock()
-        self.epochs_run = 0
         self._epoch_starts = []
         if self.optimizer is not None and self.base_lrs is None:
             self.base_lrs = [float(g.get("initial_lr", g["lr"])) for g in self.optimizer.param_groups]
@@ -93,7 +91,6 @@ class TimeBudget:
             group["lr"] = lr0 * factor
 
     def _epoch_completed(self, engine: Engine) -> None:
-        self.epochs_run += 1
         if self._start is None or not self._epoch_starts:
             return
         # this epoch's remaining EPOCH_COMPLETED handlers (validation) may still run: judge by whole cycles
