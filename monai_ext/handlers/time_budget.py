@@ -20,9 +20,10 @@ class TimeBudget:
     * **Stopping**: after each epoch the run ends when the next epoch would not fit: the mean epoch duration from
       one epoch start to the next (validation included; the first epoch's training time until a second epoch has
       started) times the epochs run plus one, beyond the budget. The run then ends as a completed one
-      (``state.max_epochs`` becomes the last epoch), so the checkpoint savers still write its last epoch. Only whole epochs run, so epoch-level handlers
-      (validation, best-metric and resume checkpoints) see the last epoch; the budget can be overrun by the variation
-      of an epoch's duration. ``max_epochs`` still ends the run if it comes first: set it high.
+      (``state.max_epochs`` becomes the current epoch), not through ``terminate()``: only whole epochs run and the
+      epoch-level handlers (validation, best-metric and resume checkpoints) see the last one. The budget can be
+      overrun by the variation of an epoch's duration. ``max_epochs`` still ends the run if it comes first: set it
+      high.
     * **Learning rate** (when ``optimizer`` is given): before every iteration each parameter group gets
       ``lr = lr0 * (1 - (1 - end_factor) * min(t / T, 1))``, ``t`` the seconds used, ``T`` the budget, ``lr0`` the
       group's learning rate when training started. This replaces an epoch-indexed ``LinearLR(start_factor=1,
