@@ -443,8 +443,13 @@ def _run(
             iwf.run()
             iwf.finalize()
         seconds = [s.step_s for s in lat_timer.steps]
+        timed_steps = lat_timer.steps[warmup:]
         latency[dev.split(":")[0]] = {
             **latency_stats(seconds[warmup:]),
+            # where the time goes: the batch-1 DataLoader (no workers) reads and preprocesses on the CPU; the
+            # iteration moves the image, runs the network, decodes the heatmaps and maps the points back
+            "load_preprocess_median_ms": latency_stats([s.wait_s for s in timed_steps])["median_ms"],
+            "network_decode_median_ms": latency_stats([s.compute_s for s in timed_steps])["median_ms"],
             "warmup": warmup,
             "warmup_ms": [1000.0 * s for s in seconds[:warmup]],
             "images_ms": [1000.0 * s for s in seconds[warmup:]],
@@ -587,6 +592,16 @@ def _latency(run: Mapping[str, Any]) -> str:
     latency = run.get("inference", {}).get("latency", {})
     cells = [f"{dev} {_number(v['median_ms'])} / {_number(v['p95_ms'])} ms" for dev, v in latency.items()]
     return "; ".join(cells) or "—"
+
+
+def latency_split_line(run: Mapping[str, Any]) -> str:
+    """``latency split (median): cpu 12.3 ms load + preprocess, 45.6 ms network + decode + map back; ...`` for the
+    devices whose latency record has the split (runs recorded before it was added have none: empty string)."""
+    latency = run.get("inference", {}).get("latency", {})
+    cells = [f"{dev} {_number(v['load_preprocess_median_ms'])} ms load + preprocess, "
+             f"{_number(v['network_decode_median_ms'])} ms network + decode + map back"
+             for dev, v in latency.items() if "load_preprocess_median_ms" in v]
+    return "latency split (median): " + "; ".join(cells) if cells else ""
 
 
 def _throughput(run: Mapping[str, Any]) -> str:
@@ -854,6 +869,9 @@ def report(runs: str = "runs/bench", out: str = "docs/benchmarks.md", plots: str
                          f"checkpoint): {evaluation.get('summary_metric')} {_mre(run)}, {_headline(run)}; the "
                          f"training's own validation{first} after the last epoch: "
                          f"{_number((val.get('summary') or {}).get('mre'))} {val.get('unit', '')}")
+        split = latency_split_line(run)
+        if split:
+            lines.append(f"- {split}")
         clicks = clicks_line(run)
         if clicks:
             lines.append(f"- {clicks}")

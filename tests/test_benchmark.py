@@ -324,6 +324,9 @@ def test_run_records_every_field(bench_run: Path):
     for lat in inf["latency"].values():
         assert lat["n"] == 2 and len(lat["images_ms"]) == 2 and len(lat["warmup_ms"]) == 1 and lat["failed"] == 0
         assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p95_ms"] <= lat["max_ms"]
+        # the two parts of the timed step (their medians need not add up to the step's median, only bound it)
+        parts = (lat["load_preprocess_median_ms"], lat["network_decode_median_ms"])
+        assert all(p > 0 for p in parts) and max(parts) <= lat["max_ms"] and sum(parts) >= lat["min_ms"]
     thr = inf["throughput"]
     assert thr["images"] == 2 and thr["batch_size"] == 1 and thr["failed"] == 0
     assert thr["images_per_s"] > 0 and thr["steady_images_per_s"] > 0 and thr["first_batch_s"] > 0
@@ -352,6 +355,7 @@ def test_report_writes_table_row_and_plots(bench_run: Path, tmp_path: Path):
     assert sorted(links) == ["benchmarks/tiny_scn_detection.png", "benchmarks/tiny_scn_landmarks.png",
                              "benchmarks/tiny_scn_time.png"]
     assert "- time to accuracy (validation during training): val_mre " in text and "(2 validations)" in text
+    assert "- latency split (median): cpu " in text and " ms network + decode + map back" in text
     for link in links:
         assert (out.parent / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -265,7 +265,7 @@ def test_tracking_settings_log_to_mlflow_server(mlflow_server: _MLflowServer, da
     trainer = wf.parser.get_parsed_content("train#trainer")
     losses = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in losses] == list(range(1, trainer.state.iteration + 1))  # one per iteration
-    key_metric = next(iter(wf.parser.get("validate#key_metric")))
+    key_metric = next(iter(wf.parser.get_parsed_content("validate#key_metric")))
     for name in [key_metric] + [f"val_sdr{r:g}" for r in hyper["radii"]]:  # mm metrics, one value per epoch
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1], name
 
@@ -305,7 +305,7 @@ def test_default_mlflow_tracking_sqlite_other_bundles(name: str, datasets: Path,
     trainer = wf.parser.get_parsed_content("train#trainer")
     for loss in TRAIN_LOSSES[name]:
         assert len(client.get_metric_history(first.info.run_id, loss)) == trainer.state.iteration, loss
-    key_metric = next(iter(wf.parser.get("validate#key_metric")))
+    key_metric = next(iter(wf.parser.get_parsed_content("validate#key_metric")))
     assert key_metric in first.data.metrics, sorted(first.data.metrics)
     if name == "kneel":
         (stage2,) = [r for r in runs if r.info.run_name.startswith("kneel-stage2_")]

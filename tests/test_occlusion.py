@@ -264,7 +264,7 @@ def test_evaluate_occlusion_config_wires_the_transform_metrics_and_writers(tmp_p
     assert names.index("RandLandmarkOcclusiond") < names.index("ScaleIntensityRangePercentilesd")
     assert parser.get_parsed_content("occlusion_transform").mode == "crop"
     assert parser.get_parsed_content("eval_dir").endswith("evaluation_occlusion_crop")
-    metrics = parser.get("validate#additional_metrics")
+    metrics = parser.get_parsed_content("validate#additional_metrics")
     assert {f"val_{m}_{s}" for m in ("pck10", "pck20", "mre") for s in ("occluded", "visible")} <= set(metrics)
 
 

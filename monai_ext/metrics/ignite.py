@@ -112,6 +112,9 @@ class LandmarkMetric(IgniteMetricHandler):
             MONAI contract, so ``MetricsSaver`` can write them) and the full summary dict of
             :func:`~monai_ext.metrics.distances.summarize_errors` in ``engine.state.metric_summaries[name]``.
         radii, outlier_radius, landmark_names: passed to the summary.
+
+    ``higher_is_better`` is True for ``"sdr@<r>"`` / ``"pck@<r>"`` and False for the error statistics (for
+    :func:`~monai_ext.metrics.selection.key_metric_cmp_fn`).
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class LandmarkMetric(IgniteMetricHandler):
         )
         self.statistic = statistic
         self.unit = unit
+        self.higher_is_better = statistic.split("@")[0] in ("sdr", "pck")  # rates; the other statistics are errors
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
     def iteration_completed(self, engine: Engine) -> None:
