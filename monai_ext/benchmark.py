@@ -1,5 +1,6 @@
 """Measurement pieces of the benchmark harness (``scripts/benchmark.py``): step timers, memory peaks,
-latency statistics, detection-rate curves and machine information.
+latency statistics, detection-rate curves and machine information; and which ``--overrides`` of the harness
+scripts a bundle's workflows can take (:func:`override_problems`, :func:`run_level_overrides`).
 
 Times are wall-clock seconds of :func:`time.perf_counter`; memory is in MiB (2**20 bytes).
 
@@ -32,6 +33,9 @@ from ignite.engine import Engine, Events
 __all__ = [
     "record_json",
     "write_record",
+    "FORMER_IDS",
+    "RECORD_SETS_IT",
+    "RUN_LEVEL_IDS",
     "FinalValidation",
     "IterationTimer",
     "PeakMemoryMonitor",
@@ -40,10 +44,13 @@ __all__ = [
     "StopAfterMinutes",
     "ValidationHistory",
     "release_workers",
+    "config_names",
     "count_images",
     "detection_rate_curve",
     "latency_stats",
     "machine_info",
+    "override_problems",
+    "run_level_overrides",
     "source_revision",
 ]
 
@@ -453,3 +460,153 @@ def machine_info(device: str | torch.device | None = None) -> dict[str, Any]:
     info.update({f"git_{k}": v for k, v in source_revision().items()})
     return info
 
+
+
+# ----------------------------------------------------------------------------------------------
+# overrides of a bundle's workflows (``--overrides`` of the harness scripts)
+# ----------------------------------------------------------------------------------------------
+
+#: ids that say how a run executes, not what the model is: evaluation and inference of a trained model take them
+#: from ``--overrides`` like training does (with the ids their overlays define, :func:`run_level_overrides`)
+RUN_LEVEL_IDS = ("datalist", "device", "seed", "num_workers", "amp", "compile", "channels_last", "cudnn_benchmark")
+
+#: override ids of the former config layout (an id or the block it starts) -> what to override now
+FORMER_IDS = {
+    "train#dataloader#batch_size": "batch_size",
+    "train#dataloader#num_workers": "num_workers (training and validation loaders)",
+    "validate#dataloader#num_workers": "num_workers (training and validation loaders)",
+    "train#dataloader": "batch_size / num_workers",
+    "validate#dataloader": "num_workers",
+    "train#dataset": "load_transforms / augmentation / target_transforms",
+    "train#preprocessing": "load_transforms / augmentation / target_transforms",
+    "train#prepare_batch": "prepare_batch",
+    "train#checkpoint_objects": "checkpoint_objects",
+    "validate#metrics": "metrics",
+    "validate#key_metric": "key_metric",
+    "heatmap_transforms": "target_transforms",
+    "num_landmarks": "nothing: the datalist's header sets it (id 'header')",
+    "landmark_names": "nothing: the datalist's header sets it (id 'header')",
+    "unit": "nothing: the datalist's header sets it (id 'header')",
+    "flip_pairs": "nothing: the datalist's header sets it (id 'header')",
+    "stage1_size": "spatial_size (stage 1 is train.json)",
+    "stage2": "the top-level id (KNEEL's stage 2 is a training run of its own, train.json + stage2.json)",
+    "ckpt_interval_epochs": "nothing: the latest checkpoint is written every epoch",
+    "ckpt_interval_iters": "nothing: the latest checkpoint is written every epoch",
+}
+
+
+def config_names(files: Sequence[str | os.PathLike]) -> list[str]:
+    """Config paths as a record states them: relative to the repository when inside it
+    (``bundles/scn/configs/train.json``), else absolute."""
+    repo = Path(__file__).resolve().parent.parent
+    names = []
+    for f in files:
+        path = Path(f).resolve()
+        names.append(path.relative_to(repo).as_posix() if repo in path.parents else str(path))
+    return names
+
+
+def _former_id(key: str) -> str | None:
+    for old, new in FORMER_IDS.items():
+        if key == old or key.startswith(old + "#"):
+            return f"an id of the former config layout: override {new}"
+    return None
+
+
+def _override_problem(key: str, config: Mapping[str, Any]) -> str | None:
+    """Why ``key`` cannot be overridden in the merged, unresolved ``config`` (None: it can). Overrides reach
+    top-level ids and the literal blocks under them, not into a block that a bundle pulls in with a macro
+    (``"%bundles/common/configs/train.json#train#parts"``), and a new key only where its parent is a dict (e.g. a
+    constructor argument of ``network_def``)."""
+    parts = key.lstrip("+").replace("::", "#").split("#")
+    node: Any = config
+    for depth, part in enumerate(parts):
+        where = "#".join(parts[:depth])
+        if isinstance(node, str) and node.startswith("%"):
+            return (f"'{where}' is pulled in with a macro ({node}): an override cannot reach into it; override the "
+                    "top-level id it reads instead")
+        if isinstance(node, Mapping):
+            if part in node:
+                node = node[part]
+                continue
+            if depth == 0:
+                return "not an id of these configs"
+            if depth < len(parts) - 1:
+                return f"'{where}#{part}' does not exist"
+            return None
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
+        return f"'{where}' is no dict or list to override a part of (it is {json.dumps(node)[:80]})"
+    return None
+
+
+def override_problems(overrides: Mapping[str, Any], files: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """``{id: why}`` for the ids of ``overrides`` that the composition ``files`` (merged in order) cannot take:
+    ids of the former layout (:data:`FORMER_IDS`, with what to override instead), ids the configs do not have, ids
+    inside a block pulled in with a macro or inside a value that is no dict/list. Empty: every id applies."""
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser.load_config_files([str(f) for f in files])
+    problems = {}
+    for key in overrides:
+        problem = _former_id(key) or _override_problem(key, config)
+        if problem:
+            problems[key] = problem
+    return problems
+
+
+def _reads_record(value: Any, records: set[str]) -> bool:
+    text = json.dumps(value)
+    return any(f"@{r}" in text for r in records)
+
+
+def _overlay_ids(overlays: Sequence[str | os.PathLike]) -> dict[str, Any]:
+    """``{id: value}`` that the ``overlays`` set (``+`` merge keys as their id), with their macros resolved (the shared
+    overlays pull ids from each other: ``"%bundles/common/configs/inference.json#network_def"``)."""
+    from monai.bundle import ConfigParser
+
+    from monai_ext.bundle import absolute_macros
+
+    defined: dict[str, Any] = {}
+    for f in overlays:
+        raw = {k.lstrip("+"): v for k, v in json.loads(Path(f).read_text()).items() if k != "_comment"}
+        parser = ConfigParser(absolute_macros(raw))
+        parser.resolve_macro_and_relative_ids()
+        defined.update(parser.get())
+    return defined
+
+
+#: why :func:`run_level_overrides` refuses an id that the trained model's record sets
+RECORD_SETS_IT = "the trained model's record sets it"
+
+
+def run_level_overrides(
+    overrides: Mapping[str, Any], overlays: Sequence[str | os.PathLike]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Split ``overrides`` for an evaluation or inference of a trained model into ``(run-level, {id: why not})``.
+
+    Such a run takes the network and every value the model depends on from the model's record
+    (:class:`monai_ext.bundle.ModelConfig`; a contradicting override is an error there), and the training recipe
+    does not apply to it. Run-level ids: :data:`RUN_LEVEL_IDS` and the ids that the workflow's ``overlays`` (what
+    :func:`monai_ext.bundle.config_files` merges after ``train.json`` and the variants: the shared
+    ``bundles/common/configs/{evaluate,inference}.json``, the bundle's model overlays, ...) define themselves, except
+    those they read from a record (``"$@model_config['spatial_size']"``, the record itself)."""
+    defined = _overlay_ids(overlays)
+    records = {k for k, v in defined.items() if "ModelConfig.load" in json.dumps(v)}
+    from_record = {k for k, v in defined.items() if k in records or _reads_record(v, records)}
+    allowed = set(RUN_LEVEL_IDS) | (set(defined) - from_record)
+
+    def under(key: str, ids: set[str]) -> bool:
+        key = key.lstrip("+")
+        return any(key == i or key.startswith(i + "#") for i in ids)
+
+    passed, rejected = {}, {}
+    for key, value in overrides.items():
+        if under(key, allowed):
+            passed[key] = value
+        elif under(key, from_record | {"network_def", "network"}):
+            rejected[key] = RECORD_SETS_IT
+        else:
+            rejected[key] = "not a run-level id of this workflow"
+    return passed, rejected

@@ -4,9 +4,11 @@
         --conf models scn --conf zoo_source local --conf sam2 false --host 127.0.0.1 --port 8000
 
 ``--conf bundles_dir DIR`` serves the bundles of another folder (default: ``bundles/`` next to this app);
-``--conf models a,b`` picks some of them (default: every bundle with ``configs/inference.json`` and
-``models/model.pt``); ``--conf skip_trainers true`` serves inference only. A bundle whose inference config takes
-``clicks`` (``interactive_kp``) is served as an interactive model (type ``deepedit``). See README.md.
+``--conf models a,b`` picks some of them (default: every bundle, i.e. folder with ``configs/train.json`` and
+``configs/metadata.json``); a bundle's trained model (``models/model.pt``) is served for inference, and every bundle
+can be trained; ``--conf skip_trainers true`` serves inference only. A bundle whose inference composition takes
+``clicks`` (``interactive_kp``'s ``clicks.json``) is served as an interactive model (type ``deepedit``); bundles
+trained in several stages (``kneel``) are not served. The server may run from any working directory. See README.md.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 from pathlib import Path
 
 import monai_ext
+from monai_ext.bundle import bundle_folders
 from monailabel.datastore.local import LocalDatastore
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
@@ -37,17 +40,21 @@ IMAGE_EXTENSIONS = ["*.dcm", "*.jpeg"]
 
 
 def find_bundles(bundles_dir: str | os.PathLike, names: str | None = None) -> dict[str, str]:
-    """``{name: folder}`` of the bundles to serve: ``names`` (comma-separated; all when empty or ``"all"``)
-    among the folders of ``bundles_dir`` that have ``configs/inference.json``. A name that is not there is
-    an error naming the folder."""
+    """``{name: folder}`` of the bundles to serve: ``names`` (comma-separated; all when empty or ``"all"``) among the
+    bundles of ``bundles_dir`` (:func:`monai_ext.bundle.bundle_folders`: folders with ``configs/train.json`` and
+    ``configs/metadata.json``; the shared ``common`` configs are not one). A name that is not there is an error naming
+    the folder."""
     root = Path(bundles_dir).resolve()
-    available = {p.name: str(p) for p in sorted(root.iterdir()) if (p / "configs" / "inference.json").is_file()}
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such folder of bundles")
+    available = {p.name: str(p) for p in bundle_folders(root)}
     wanted = [n.strip() for n in (names or "").split(",") if n.strip()]
     if not wanted or wanted == ["all"]:
         return available
     missing = [n for n in wanted if n not in available]
     if missing:
-        raise ValueError(f"{root}: no bundle {missing} with configs/inference.json (found {sorted(available)})")
+        raise ValueError(f"{root}: no bundle {missing} with configs/train.json and configs/metadata.json "
+                         f"(found {sorted(available)})")
     return {n: available[n] for n in wanted}
 
 
@@ -82,9 +89,11 @@ class LandmarkApp(MONAILabelApp):
             # a bundle taking clicks (interactive_kp) is one interactive model: automatic without clicks
             task_class = InteractiveLandmarkInferTask if takes_clicks(path) else LandmarkInferTask
             task = task_class(path, self.conf)
-            if task.is_valid():  # a bundle without models/model.pt is skipped (BundleInferTask logs why)
+            if task.is_valid():
                 logger.info(f"+++ Adding Inferer:: {name} => {path}")
                 infers[name] = task
+            else:  # no trained model yet, or one that does not load
+                logger.warning(f"--- No Inferer:: {task.error}")
         return infers
 
     def init_trainers(self) -> dict[str, TrainTask]:
@@ -96,6 +105,8 @@ class LandmarkApp(MONAILabelApp):
             if task.is_valid():
                 logger.info(f"+++ Adding Trainer:: {name} => {path}")
                 trainers[name] = task
+            else:
+                logger.warning(f"--- No Trainer:: {task.error or path}")
         return trainers
 
     def init_strategies(self) -> dict[str, Strategy]:

@@ -7,7 +7,7 @@ Usage::
     python scripts/augment_benchmark.py --bundle scn --repeats 60 --out runs/bench/augment_scn_256.json
 
 For each setting: ``train#augmentation`` + ``heatmap_transforms`` (what a worker runs per sample, the enabled ones)
-on a ``(1, W, H)`` image with the config's landmark count, and ``train#batch_augmentation`` (when enabled) on a batch
+on a ``(1, W, H)`` image with the config's landmark count, and ``train#parts#batch_augmentation`` (when enabled) on a batch
 of ``--batch_size`` on ``--device``; median / mean / p95 ms over ``--repeats`` calls, ``--threads`` torch threads.
 """
 
@@ -30,12 +30,9 @@ from monai_ext.benchmark import latency_stats, machine_info, record_json, write_
 
 
 def _parser(bundle_dir: Path, on_device: bool, overrides: dict[str, Any]):
-    from monai.bundle import ConfigParser
+    from monai_ext.bundle import config_files, read_config
 
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir / "configs" / "train.json"))
-    parser.update({"bundle_root": str(bundle_dir), "augment_on_device": on_device, **overrides})
-    return parser
+    return read_config(config_files(bundle_dir, "train"), bundle_root=str(bundle_dir), augment_on_device=on_device, **overrides)
 
 
 def _timed(fn, repeats: int) -> dict[str, float]:
@@ -61,6 +58,8 @@ def run(
     from monai.data import MetaTensor
     from monai.transforms import Compose
 
+    from monai_ext.transforms import per_sample_augmentation
+
     torch.set_num_threads(int(threads))
     bundle_dir = Path(bundle) if (Path(bundle) / "configs").is_dir() else REPO / "bundles" / bundle
     user = json.loads(overrides) if isinstance(overrides, str) else dict(overrides or {})
@@ -71,13 +70,14 @@ def run(
     for on_device in (False, True):
         parser = _parser(bundle_dir, on_device, user)
         size = [int(s) for s in parser.get_parsed_content("spatial_size")]
-        per_sample = [*parser.get_parsed_content("train#augmentation"), *parser.get_parsed_content("heatmap_transforms")]
+        per_sample = [*per_sample_augmentation(parser.get_parsed_content("augmentation"), on_device),
+                      *parser.get_parsed_content("target_transforms")]
         points = torch.as_tensor(rng.uniform(0.1, 0.9, (num_landmarks, 2)) * np.asarray(size), dtype=torch.float32)
         item = {"image": MetaTensor(torch.rand(1, *size)), "landmarks": points}
         worker = Compose(per_sample)
         entry: dict[str, Any] = {"spatial_size": size, "per_sample": [type(t).__name__ for t in per_sample],
                                  "per_sample_ms": _timed(lambda: worker(dict(item)), int(repeats))}
-        batch_aug = parser.get_parsed_content("train#batch_augmentation") if "train#batch_augmentation" in parser else None
+        batch_aug = parser.get_parsed_content("train#parts#batch_augmentation")
         if batch_aug is not None:
             images = torch.rand(batch_size, 1, *size, device=device)
             landmarks = points[None].repeat(batch_size, 1, 1).to(device)

@@ -12,23 +12,32 @@ Usage::
     # attach a note to a run (e.g. a later code change that its accuracy predates); shown by the report
     python scripts/benchmark.py note runs/bench/scn_hand_256.json "measured before ..."
 
-``run`` builds the bundle's training workflow with MONAI's ``ConfigWorkflow`` (``configs/train.json``, then
-the ``--config`` files such as ``quick``, then ``--overrides``), trains for ``--epochs`` (or whole epochs
-until ``--minutes`` have passed) and records, in one JSON file (written atomically):
+``run`` composes the bundle's workflows with :func:`monai_ext.bundle.config_files` and runs them in-process with
+MONAI's ``ConfigWorkflow`` (models, outputs and the generated dataset under ``--workdir``, the workflows' bundle
+root). Training is every training run of the bundle (:func:`monai_ext.bundle.training_stages`: ``train.json``, the
+``--config`` variants such as ``quick``, then KNEEL's ``stage2.json``), with ``--overrides``, for ``--epochs`` (or
+whole epochs until ``--minutes`` have passed, per run). Evaluation and inference of the trained model take the
+network and what it depends on from the model's record (``models/model.pt``): of ``--overrides`` they get only the
+run-level ids (:func:`monai_ext.benchmark.run_level_overrides`; the record of the run lists both groups). One JSON
+file (written atomically) records:
 
 * ``training``: images/s and the fraction of step time spent waiting for the DataLoader, over the steady-state
-  epochs (the first one excluded when more than one ran), per-epoch figures, validation seconds, peak memory;
+  epochs (the first one excluded when more than one ran), per-epoch figures, validation seconds, peak memory (all
+  training runs), wall seconds of all training runs;
 * ``training.validation_history``: every validation during training with the minutes trained so far (a
   time-to-accuracy curve: MRE vs minutes);
 * ``validation``: the evaluator's metrics after the last epoch, the key metric's full summary (MRE, SDR/PCK
   at each radius, per landmark) and an SDR/PCK curve over radii computed from the per-point errors;
-* ``evaluation``: the same record from the bundle's ``configs/evaluate.json`` on the validation split with the
-  best checkpoint (the one timed for inference): end to end for two-stage KNEEL (whose training validation only
-  scores the stage-1 ROI centres), and with the click-protocol table (MRE vs number of clicks, model and manual
-  revision) for the interactive bundle; ``--evaluate False`` skips it;
-* ``training.stages``: the timing of every further trainer (KNEEL's stage 2, which trains on ROIs);
-* ``inference``: with ``configs/inference.json`` on the best checkpoint of this training, the latency of one
-  image from the file on disk to landmarks in mm (batch 1; median and p95, on the CPU and, when present, the
+* ``training.stages``: the timing of every further training run, by its overlay (KNEEL's ``stage2.json``, which
+  trains on ROIs, initialised from the first run's best checkpoint);
+* ``evaluation``: the same record from ``run evaluating`` (train.json + variants + the shared trained-model
+  overlay ``bundles/common/configs/trained_model.json`` + the bundle's own ``configs/inference.json``) with the best
+  checkpoints, on the datalist's ``test`` section when it has one, else ``validation`` (``--eval_section`` chooses;
+  ``section`` says which): end to end for two-stage KNEEL (whose training validation only scores the stage-1 ROI
+  centres), and with the click-protocol table (MRE vs number of clicks, model and manual revision) for the
+  interactive bundle; ``--evaluate False`` skips it;
+* ``inference``: with ``run inference`` (the same configs) on the best checkpoints of this training, the latency of
+  one image from the file on disk to landmarks in mm (batch 1; median and p95, on the CPU and, when present, the
   GPU; the first ``--warmup`` images are run but not counted) and the end-to-end throughput of the inference
   workflow over the ``--section`` images (batched, predictions written, overlays off; also after the first batch);
 * ``machine``: CPU model, cores, memory, GPU, library versions, git commit, date.
@@ -56,17 +65,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from monai_ext.benchmark import (  # noqa: E402
+    RECORD_SETS_IT,
     FinalValidation,
     IterationTimer,
     PeakMemoryMonitor,
     RunTimer,
     StopAfterMinutes,
     ValidationHistory,
+    config_names,
     detection_rate_curve,
     latency_stats,
     machine_info,
+    override_problems,
     release_workers,
+    run_level_overrides,
 )
+from monai_ext.bundle import config_files, training_stages  # noqa: E402
 from monai_ext.data.datalist import list_images, read_datalist  # noqa: E402
 from monai_ext.metrics.distances import radius_key  # noqa: E402
 from monai_ext.utils import atomic_path, atomic_write  # noqa: E402
@@ -77,9 +91,6 @@ SCHEMA = "monai_ext.benchmark/1"
 HEADLINE_RADII = {"sdr": (2.0, 4.0, 10.0), "pck": (10.0, 20.0)}
 CURVE_POINTS = 201
 MAX_EPOCHS_FOR_MINUTES = 100_000
-#: trainers run after ``train#trainer`` by a bundle's ``training`` (KNEEL's second stage) and their validators;
-#: timed separately, and validated after their last epoch like the first one (the best checkpoint needs it).
-LATER_TRAINERS = {"stage2#train#trainer": "stage2#validate#evaluator"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,6 +138,47 @@ def _parse_overrides(overrides: Any) -> dict[str, Any]:
     if not isinstance(overrides, Mapping):
         raise ValueError(f"--overrides must be a JSON object of config ids, got {type(overrides).__name__}")
     return {str(k): None if v == "null" else v for k, v in overrides.items()}
+
+
+def _stage_conflicts(bundle_dir: Path, stage: str, overrides: Mapping[str, Any]) -> list[str]:
+    """The ids of ``overrides`` that the stage overlay ``stage`` sets for its own training run (an override, applied
+    after every file, would replace them there too: KNEEL's ``spatial_size`` of stage 2 is its ROI size)."""
+    own = [k.lstrip("+") for k in json.loads((bundle_dir / "configs" / stage).read_text()) if k != "_comment"]
+    return [key for key in overrides
+            if any(key.lstrip("+") == k or key.startswith(k + "#") or k.startswith(key.lstrip("+") + "#") for k in own)]
+
+
+def _plan_overrides(bundle_dir: Path, extra: list[str], user: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Where each ``--overrides`` id goes: ``training`` (the ids the training runs have), ``evaluate`` and
+    ``inference`` (the run-level ids that the evaluation / inference of the trained model take,
+    :func:`~monai_ext.benchmark.run_level_overrides`) and ``training_only`` (``{id: why}``: applied to training only,
+    for the record). An id that no workflow can take (a former id, one inside a macro'd block, a typo), or that a
+    later training stage sets itself, is an error before anything runs."""
+    train_problems = override_problems(user, config_files(bundle_dir, "train", extra))
+    plan: dict[str, dict[str, Any]] = {"training": {k: v for k, v in user.items() if k not in train_problems}}
+    refused: dict[str, list[str]] = {k: [] for k in user}
+    for workflow in ("evaluate", "inference"):
+        files = config_files(bundle_dir, workflow, extra)
+        run_level, rejected = run_level_overrides(user, files[1 + len(extra):])
+        problems = override_problems(run_level, files)
+        plan[workflow] = {k: v for k, v in run_level.items() if k not in problems}
+        for k, why in {**rejected, **problems}.items():
+            refused[k].append(f"{why} ({workflow})")
+    applied = set(plan["evaluate"]) | set(plan["inference"])
+    bad = {k: "; ".join([f"{p} (training)", *refused[k]]) for k, p in train_problems.items() if k not in applied}
+    if bad:
+        raise ValueError(f"--overrides: no workflow of {bundle_dir.name} can take these ids:\n"
+                         + "\n".join(f"  - {k}: {p}" for k, p in bad.items()))
+    for stage in training_stages(bundle_dir)[1:]:
+        clash = _stage_conflicts(bundle_dir, stage, user)
+        if clash:
+            raise ValueError(f"--overrides {clash}: {bundle_dir.name}'s {stage} sets these for its own training run "
+                             "(an override would replace them there too); override the ids they derive from instead")
+    plan["training_only"] = {
+        k: RECORD_SETS_IT if any(why.startswith(RECORD_SETS_IT) for why in refused[k]) else "a training setting"
+        for k in plan["training"] if k not in applied
+    }
+    return plan
 
 
 def _jsonable(value: Any) -> Any:
@@ -193,24 +245,25 @@ def _validation_record(evaluator: Any, unit: str) -> dict[str, Any]:
     return record
 
 
-def _evaluation(bundle_dir: Path, extra: list[str], train_overrides: Mapping[str, Any], unit: str) -> dict[str, Any]:
-    """``configs/evaluate.json`` (after train.json and the extra configs) on the validation split with the
-    best checkpoint: its evaluator's record (:func:`_validation_record`), the seconds it took and, when the
-    bundle evaluates a click protocol, the MRE-vs-clicks table of its ``InteractiveCurveWriter``."""
+def _evaluation(bundle_dir: Path, extra: list[str], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``run evaluating`` with the best checkpoints: its evaluator's record (:func:`_validation_record`), the
+    section it evaluated, the seconds it took and, when the bundle evaluates a click protocol, the MRE-vs-clicks
+    table of its ``InteractiveCurveWriter``."""
     from monai_ext.engines import InteractiveCurveWriter
 
-    configs = bundle_dir / "configs"
-    files = [str(configs / "train.json"), str(configs / "evaluate.json"), *extra]
-    over = {**train_overrides, "eval_section": "validation"}
+    files = config_files(bundle_dir, "evaluate", extra)
     start = time.perf_counter()
-    ewf = _workflow(files, bundle_dir, "infer", "evaluating", over)
-    evaluator = ewf.parser.get_parsed_content("evaluator")
-    handlers = _get(ewf.parser, "handlers", []) or []
+    ewf = _workflow(files, bundle_dir, "infer", "evaluating", overrides)
+    parser = ewf.parser
+    evaluator = parser.get_parsed_content("evaluator")
+    handlers = parser.get_parsed_content("handlers") or []
+    section = str(parser.get_parsed_content("eval_section"))
+    unit = str(parser.get_parsed_content("header")["unit"])
     ewf.run()
     ewf.finalize()
     release_workers(evaluator.data_loader)
-    record = {**_validation_record(evaluator, unit), "configs": [Path(f).name for f in files],
-              "section": "validation", "wall_s": time.perf_counter() - start, "clicks": None}
+    record = {**_validation_record(evaluator, unit), "configs": config_names(files), "section": section,
+              "wall_s": time.perf_counter() - start, "clicks": None}
     for handler in handlers:
         if isinstance(handler, InteractiveCurveWriter):
             summary = handler.summary()
@@ -249,18 +302,21 @@ def run(
     num_workers: int | None = None,
     latency_devices: Any = None,
     evaluate: bool = True,
+    eval_section: str | None = None,
 ) -> str:
     """Train ``bundle`` in-process and record its benchmark as JSON; returns the JSON path.
 
     Args:
         bundle: a bundle name under ``bundles/`` or a bundle folder.
         datalist: the datalist JSON; default: the bundle's synthetic dataset, generated in ``workdir``.
-        epochs: epochs to train (with ``minutes``: the most epochs).
-        minutes: train whole epochs until this many minutes have passed.
-        overrides: config ids to override, a JSON object, e.g. ``'{"spatial_size": [128, 128]}'``; applied to
-            training and to those ids that the inference config also has.
-        config: extra config files merged after train.json / inference.json: names in the bundle's configs/
-            (``quick``) or paths; comma-separated or a list.
+        epochs: epochs to train (with ``minutes``: the most epochs), per training run.
+        minutes: train whole epochs until this many minutes have passed, per training run.
+        overrides: config ids to override, a JSON object, e.g. ``'{"spatial_size": [128, 128]}'``: top-level ids
+            (or parts of literal blocks, e.g. ``network_def#width``), applied to every training run; evaluation
+            and inference take only the run-level ones (the trained model's record sets the rest). An id that no
+            workflow of the bundle has, or that a later training stage sets itself, is an error.
+        config: variants merged after train.json (before the evaluation/inference overlays): names in the bundle's
+            configs/ (``quick``, ``hand``) or paths; comma-separated or a list.
         out: the JSON file (default ``runs/bench/<bundle>-<UTC time>.json``); its name is the run's name.
         workdir: folder for checkpoints, predictions and the generated dataset (default: a temporary folder,
             removed at the end); never inside the repository's ``bundles/``.
@@ -268,10 +324,11 @@ def run(
         latency_images: images timed one by one (the section's images, repeated when there are fewer).
         warmup: images run before the timed ones (not counted).
         batch_size: batch size of the throughput run.
-        num_workers: DataLoader workers of the throughput run (default: the training config's).
+        num_workers: DataLoader workers of the throughput run (default: the training's).
         latency_devices: devices timed at batch 1, e.g. ``cuda`` (default: ``cpu`` and, when present, ``cuda``).
-        evaluate: also run the bundle's ``evaluate.json`` on the validation split with the best checkpoint
-            (when the bundle has one).
+        evaluate: also run the evaluation (``run evaluating``) with the best checkpoints.
+        eval_section: the datalist section evaluated (default: ``test`` when the datalist has one, else
+            ``validation``, as the bundle's evaluation chooses).
     """
     if epochs is None and minutes is None:
         raise ValueError("give --epochs N and/or --minutes M: how long to train")
@@ -289,20 +346,21 @@ def run(
     bundle_dir = _bundle_dir(bundle)
     extra = _extra_configs(bundle_dir, config)
     user = _parse_overrides(overrides)
+    plan = _plan_overrides(bundle_dir, extra, user)
     out_path = Path(out) if out else Path("runs") / "bench" / (
         f"{bundle_dir.name}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}.json")
     command = _command(bundle=bundle, datalist=datalist, epochs=epochs, minutes=minutes, overrides=user,
                        config=",".join(Path(f).stem for f in extra) or None, out=str(out_path), section=section,
                        latency_images=latency_images, warmup=warmup, batch_size=batch_size, num_workers=num_workers,
                        latency_devices=None if latency_devices is None else ",".join(devices),
-                       evaluate=None if evaluate else False)
+                       evaluate=None if evaluate else False, eval_section=eval_section)
     with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
         work = Path(workdir).resolve() if workdir else Path(tmp)
         bundles = (REPO / "bundles").resolve()
         if work == bundles or bundles in work.parents:
             raise ValueError(f"--workdir {work}: benchmark outputs never go into {bundles}")
-        record = _run(bundle_dir, extra, user, work, datalist, epochs, minutes, section, int(latency_images),
-                      int(warmup), int(batch_size), num_workers, devices, bool(evaluate))
+        record = _run(bundle_dir, extra, user, plan, work, datalist, epochs, minutes, section, int(latency_images),
+                      int(warmup), int(batch_size), num_workers, devices, bool(evaluate), eval_section)
     record = {"schema": SCHEMA, "name": out_path.stem, "command": command, **record}
     with atomic_write(out_path) as f:
         json.dump(_jsonable(record), f, indent=1, allow_nan=False)
@@ -311,10 +369,44 @@ def run(
     return str(out_path)
 
 
+def _train(
+    files: Sequence[str], bundle_dir: Path, overrides: Mapping[str, Any], minutes: float | None
+) -> dict[str, Any]:
+    """One training run (``run training`` of ``files``), timed: its parser, trainer, validator, step timer,
+    validation timer and history, wall seconds and best checkpoint. The final weights are validated when the
+    last epoch was not, so the best-metric checkpoint exists for what runs next."""
+    wf = _workflow(files, bundle_dir, "train", "training", overrides)
+    parser = wf.parser
+    trainer = parser.get_parsed_content("train#trainer")
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    device = torch.device(parser.get_parsed_content("device"))
+    timer = IterationTimer(sync_cuda=device.type == "cuda")
+    timer.attach(trainer)
+    if minutes is not None:
+        StopAfterMinutes(float(minutes)).attach(trainer)
+    validation_timer = RunTimer()
+    validation_timer.attach(evaluator)
+    history = ValidationHistory()
+    history.attach(trainer, evaluator)
+    # the last epoch unvalidated (val_interval, time budget): validate the final weights when the trainer ends
+    FinalValidation(evaluator, history).attach(trainer)
+    start = time.perf_counter()
+    wf.run()
+    wall = time.perf_counter() - start
+    wf.finalize()
+    release_workers(trainer.data_loader, evaluator.data_loader)
+    checkpoint = Path(parser.get_parsed_content("ckpt_dir")) / "model.pt"
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: training saved no best-metric checkpoint to run inference with")
+    return {"files": list(files), "parser": parser, "trainer": trainer, "evaluator": evaluator, "device": device,
+            "timer": timer, "validation_timer": validation_timer, "history": history, "wall_s": wall}
+
+
 def _run(
     bundle_dir: Path,
     extra: list[str],
     user: dict[str, Any],
+    plan: Mapping[str, dict[str, Any]],
     work: Path,
     datalist: str | None,
     epochs: int | None,
@@ -326,66 +418,45 @@ def _run(
     num_workers: int | None,
     devices: Sequence[str],
     evaluate: bool = True,
+    eval_section: str | None = None,
 ) -> dict[str, Any]:
-    from monai.bundle import ConfigParser
-
-    configs = bundle_dir / "configs"
-    common: dict[str, Any] = {"bundle_root": str(bundle_dir)}
+    # the work folder is the workflows' bundle root: models/ (KNEEL: models/stage2/), eval/, data/
+    common: dict[str, Any] = {"bundle_root": str(work), "output_dir": str(work / "eval"),
+                              "dataset_dir": str(work / "data")}
     if datalist is not None:
         if not Path(datalist).is_file():
             raise FileNotFoundError(f"--datalist {datalist}: file does not exist")
         common["datalist"] = str(Path(datalist).resolve())
     train_overrides = {
         **common,
-        "ckpt_dir": str(work / "models"),
-        "output_dir": str(work / "eval"),
-        "dataset_dir": str(work / "data"),
         "max_epochs": int(epochs) if epochs is not None else MAX_EPOCHS_FOR_MINUTES,
-        **user,
+        **plan["training"],
     }
 
-    # ---- training (+ validation each val_interval) ----
+    # ---- training (+ validation each val_interval): every training run of the bundle, in order ----
+    runs = []
     with PeakMemoryMonitor() as train_memory:
-        wf = _workflow([str(configs / "train.json"), *extra], bundle_dir, "train", "training", train_overrides)
-        parser = wf.parser
-        trainer = parser.get_parsed_content("train#trainer")
-        evaluator = parser.get_parsed_content("validate#evaluator")
-        later = {k: parser.get_parsed_content(k) for k in LATER_TRAINERS if k in parser}
-        later_evaluators = [parser.get_parsed_content(LATER_TRAINERS[k]) for k in later]
-        device = torch.device(parser.get_parsed_content("device"))
-        timers = {k: IterationTimer(sync_cuda=device.type == "cuda") for k in ("train#trainer", *later)}
-        for key, engine in {"train#trainer": trainer, **later}.items():
-            timers[key].attach(engine)
-            if minutes is not None:
-                StopAfterMinutes(float(minutes)).attach(engine)
-        validation_timer = RunTimer()
-        validation_timer.attach(evaluator)
-        history = ValidationHistory()
-        history.attach(trainer, evaluator)
-        # the last epoch unvalidated (val_interval, time budget): validate the final weights when each trainer ends
-        FinalValidation(evaluator, history).attach(trainer)
-        for engine, validator in zip(later.values(), later_evaluators):
-            past = ValidationHistory()
-            past.attach(engine, validator)
-            FinalValidation(validator, past).attach(engine)
-        start = time.perf_counter()
-        wf.run()
-        train_wall = time.perf_counter() - start
-        wf.finalize()
-        release_workers(trainer.data_loader, evaluator.data_loader,
-                        *(e.data_loader for e in (*later.values(), *later_evaluators)))
+        for stage in training_stages(bundle_dir):
+            runs.append(_train(config_files(bundle_dir, "train", extra, stage), bundle_dir, train_overrides, minutes))
+            runs[-1]["stage"] = stage
+    first = runs[0]
+    parser, trainer, evaluator, device = first["parser"], first["trainer"], first["evaluator"], first["device"]
     datalist_path = str(parser.get_parsed_content("datalist"))
-    unit = str(_get(parser, "unit", "mm"))
-    train_summary = timers["train#trainer"].summary(skip_first_epoch=True)
+    unit = str(parser.get_parsed_content("header")["unit"])
+    train_summary = first["timer"].summary(skip_first_epoch=True)
     if not train_summary["steps"]:
         raise RuntimeError(f"{datalist_path}: training ran no iteration (empty 'training' section?)")
+    loader = trainer.data_loader
     settings = {
-        "configs": [str(configs / "train.json"), *extra],
+        "configs": config_names(first["files"]),
         "overrides": user,
-        "spatial_size": _get(parser, "spatial_size", _get(parser, "stage1_size")),  # KNEEL: the stage-1 input
+        "evaluation_overrides": plan["evaluate"],
+        "inference_overrides": plan["inference"],
+        "training_only_overrides": plan["training_only"],
+        "spatial_size": _get(parser, "spatial_size"),  # KNEEL: the stage-1 input
         "roi_size": _get(parser, "roi_size"),  # KNEEL: the stage-2 ROIs (pixels)
-        "batch_size": _get(parser, "train#dataloader#batch_size", _get(parser, "batch_size")),
-        "num_workers": _get(parser, "train#dataloader#num_workers", _get(parser, "num_workers")),
+        "batch_size": getattr(loader, "batch_size", None),
+        "num_workers": getattr(loader, "num_workers", None),
         "max_epochs": _get(parser, "max_epochs"),
         "minutes": minutes,
         "val_interval": _get(parser, "val_interval"),
@@ -403,30 +474,29 @@ def _run(
     }
     training = {
         "epochs_run": int(trainer.state.epoch),
-        "wall_s": train_wall,
+        "wall_s": sum(r["wall_s"] for r in runs),  # every training run (KNEEL: both stages)
         **train_summary,
-        "validation_s": validation_timer.seconds,
-        "validation_history": history.records,
-        "stages": {k: {"epochs_run": int(e.state.epoch), **timers[k].summary(skip_first_epoch=True)}
-                   for k, e in later.items()},
+        "validation_s": first["validation_timer"].seconds,
+        "validation_history": first["history"].records,
+        "stages": {
+            r["stage"]: {"configs": config_names(r["files"]), "epochs_run": int(r["trainer"].state.epoch),
+                         "wall_s": r["wall_s"], **r["timer"].summary(skip_first_epoch=True),
+                         "validation_s": r["validation_timer"].seconds}
+            for r in runs[1:]
+        },
         **train_memory.result(),
     }
     validation = _validation_record(evaluator, unit)
-    checkpoint = Path(train_overrides["ckpt_dir"]) / "model.pt"
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: training saved no best-metric checkpoint to run inference with")
+    # evaluation and inference: the trained models' records, this run's data and outputs, run-level overrides only
+    base = {**common, "datalist": datalist_path}
     evaluation = None
-    if evaluate and (configs / "evaluate.json").is_file():
-        evaluation = _evaluation(bundle_dir, extra, train_overrides, unit)
+    if evaluate:
+        over = {**base, **plan["evaluate"], **({"eval_section": eval_section} if eval_section else {})}
+        evaluation = _evaluation(bundle_dir, extra, over)
 
     # ---- inference: latency (batch 1, per device) and throughput (batched) ----
-    inference_files = [str(configs / "inference.json"), *extra]
-    probe = ConfigParser()
-    probe.read_config(inference_files)
-    shared = {k: v for k, v in user.items() if k in probe}
-    base = {**common, "datalist": datalist_path, "ckpt_path": str(checkpoint), "num_overlays": 0, **shared}
-    if "ckpt_dir" in probe:  # further checkpoints next to model.pt (KNEEL's model_stage2.pt)
-        base["ckpt_dir"] = train_overrides["ckpt_dir"]
+    inference_files = config_files(bundle_dir, "inference", extra)
+    base = {**base, **plan["inference"], "num_overlays": 0}
     images = [item["image"] for item in list_images(datalist_path, section)]
     if not images:
         raise ValueError(f"{datalist_path}: section {section!r} has no images to time inference on")
@@ -453,7 +523,7 @@ def _run(
             "warmup": warmup,
             "warmup_ms": [1000.0 * s for s in seconds[:warmup]],
             "images_ms": [1000.0 * s for s in seconds[warmup:]],
-            "failed": _prediction_errors(out_dir),
+            "failed": _prediction_errors(out_dir / "inference"),
             "peak_gpu_allocated_mb": memory.result()["peak_gpu_allocated_mb"],
         }
     workers = int(num_workers) if num_workers is not None else int(settings["num_workers"] or 0)
@@ -481,7 +551,7 @@ def _run(
         "first_batch_s": thr_timer.steps[0].step_s if thr_timer.steps else None,
         "steady_images_per_s": sum(s.images for s in later) / later_s if later and later_s > 0 else None,
         "data_wait_fraction": steps["data_wait_fraction"],
-        "failed": _prediction_errors(out_dir),
+        "failed": _prediction_errors(out_dir / "inference"),
     }
     return {
         "bundle": bundle_dir.name,
@@ -492,8 +562,9 @@ def _run(
         "training": training,
         "validation": validation,
         "evaluation": evaluation,
-        "inference": {"section": section, "checkpoint": "best key metric (model.pt)", "latency": latency,
-                      "throughput": throughput},
+        "inference": {"section": section, "configs": config_names(inference_files),
+                      "checkpoint": "best key metric (models/model.pt; KNEEL also models/stage2/model.pt)",
+                      "latency": latency, "throughput": throughput},
     }
 
 
@@ -564,9 +635,15 @@ def _resolution(run: Mapping[str, Any]) -> str:
 
 
 def _result(run: Mapping[str, Any]) -> dict[str, Any]:
-    """The accuracy record the report shows: ``evaluation`` (evaluate.json, best checkpoint) when the run has
-    one, else ``validation`` (after the last training epoch)."""
+    """The accuracy record the report shows: ``evaluation`` (best checkpoint) when the run has one, else
+    ``validation`` (after the last training epoch)."""
     return run.get("evaluation") or run.get("validation") or {}
+
+
+def _section(run: Mapping[str, Any]) -> str:
+    """The datalist section of :func:`_result`: the evaluated one (runs recorded before evaluations chose their
+    section, and the training's validation: ``validation``)."""
+    return (run.get("evaluation") or {}).get("section") or "validation"
 
 
 def _headline(run: Mapping[str, Any]) -> str:
@@ -679,7 +756,7 @@ def plot_per_landmark(run: Mapping[str, Any], path: Path) -> bool:
     ax.set_xticklabels(names, rotation=90, fontsize=7)
     ax.set_ylabel(f"radial error ({val.get('unit', '')}), mean ± std")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.set_title(f"{run['name']}: per-landmark error (validation split)", fontsize=9)
+    ax.set_title(f"{run['name']}: per-landmark error ({_section(run)} split)", fontsize=9)
     fig.tight_layout()
     _save_figure(fig, path)
     return True
@@ -703,7 +780,7 @@ def plot_clicks(run: Mapping[str, Any], path: Path) -> bool:
     ax.set_xticks(n)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right")
-    ax.set_title(f"{run['name']}: MRE vs clicks ({clicks.get('n_images')} validation images)", fontsize=9)
+    ax.set_title(f"{run['name']}: MRE vs clicks ({clicks.get('n_images')} {_section(run)} images)", fontsize=9)
     fig.tight_layout()
     _save_figure(fig, path)
     return True
@@ -814,12 +891,15 @@ def report(runs: str = "runs/bench", out: str = "docs/benchmarks.md", plots: str
         "(ignite `GET_BATCH_STARTED` → `GET_BATCH_COMPLETED`).",
         "- **peak RSS**: resident memory of the training process (in brackets: plus its DataLoader workers, "
         "shared pages counted per process); **peak GPU**: `torch.cuda.max_memory_allocated` during training.",
-        "- **MRE**, **SDR/PCK**: on the validation split, errors in the original image (mm unless the dataset is "
-        "in pixels): the bundle's `evaluate.json` with the best checkpoint (end to end for KNEEL's two stages, "
-        "no clicks for the interactive bundle, whose MRE vs clicks follows in its section); runs recorded without "
-        "that evaluation: the validation after the last training epoch.",
-        "- **latency**: one image from the file on disk to landmarks in mm with the bundle's `inference.json` "
-        "(load, preprocess, forward, decode, map back; batch 1), median / p95 over the timed images, per device.",
+        "- **MRE**, **SDR/PCK**: errors in the original image (mm unless the dataset is in pixels) of the "
+        "bundle's evaluation (`run evaluating`: train.json + variants + `bundles/common/configs/trained_model.json` "
+        "+ the bundle's own `inference.json`) with the best checkpoint, on the split named in the run's section (the "
+        "datalist's test split when it has one, else validation; end to end for KNEEL's two stages, no clicks for "
+        "the interactive bundle, whose MRE vs clicks follows in its section); runs recorded without that "
+        "evaluation: the validation after the last training epoch.",
+        "- **latency**: one image from the file on disk to landmarks in mm with the bundle's inference workflow "
+        "(`run inference`; load, preprocess, forward, decode, map back; batch 1), median / p95 over the timed "
+        "images, per device.",
         "- **throughput**: the bundle's inference workflow over the run's inference section (batched, "
         "predictions written, no overlays), images / wall-clock second of the whole run (checkpoint loading "
         "included), then over the batches after the first one.",
@@ -847,7 +927,8 @@ def report(runs: str = "runs/bench", out: str = "docs/benchmarks.md", plots: str
             f"- dataset: {d.get('name')} ({d.get('n_training')} training / {d.get('n_validation')} validation / "
             f"{d.get('n_test')} test images, {d.get('num_landmarks')} landmarks)",
             f"- settings: {_resolution(run)}, batch {s.get('batch_size')}, {s.get('num_workers')} workers, "
-            f"{tr.get('epochs_run')} epoch(s) in {_number(tr.get('wall_s'))} s (with validation), device "
+            f"{tr.get('epochs_run')} epoch(s) in {_number(tr.get('wall_s'))} s (with validation"
+            f"{', all training runs' if tr.get('stages') else ''}), device "
             f"{s.get('device')}, configs {', '.join(Path(c).name for c in s.get('configs', []))}, "
             f"overrides `{json.dumps(s.get('overrides') or {})}`",
             f"- best {val.get('key_metric')}: {_number(val.get('best_metric'))} at epoch {val.get('best_metric_epoch')}"
@@ -859,15 +940,19 @@ def report(runs: str = "runs/bench", out: str = "docs/benchmarks.md", plots: str
         ]
         if run.get("note"):
             lines.append(f"- **note**: {run['note']}")
+        if s.get("training_only_overrides"):
+            lines.append(f"- overrides of training only (evaluation and inference take the trained model's record): "
+                         f"{', '.join(f'`{k}` ({why})' for k, why in s['training_only_overrides'].items())}")
         for key, stage in (tr.get("stages") or {}).items():
             lines.append(f"- {key}: {stage.get('epochs_run')} epoch(s), {_number(stage.get('images_per_s'))} "
-                         f"train img/s, data wait {100 * (stage.get('data_wait_fraction') or 0):.1f} %")
+                         f"train img/s, data wait {100 * (stage.get('data_wait_fraction') or 0):.1f} %"
+                         + (f", {_number(stage['wall_s'])} s" if stage.get("wall_s") is not None else ""))
         evaluation = run.get("evaluation")
         if evaluation:
-            first = " (first stage)" if tr.get("stages") else ""
-            lines.append(f"- evaluation ({' + '.join(evaluation.get('configs', []))}, validation split, best "
+            first = "first stage, " if tr.get("stages") else ""
+            lines.append(f"- evaluation ({' + '.join(evaluation.get('configs', []))}, {_section(run)} split, best "
                          f"checkpoint): {evaluation.get('summary_metric')} {_mre(run)}, {_headline(run)}; the "
-                         f"training's own validation{first} after the last epoch: "
+                         f"training's own validation ({first}validation split) after the last epoch: "
                          f"{_number((val.get('summary') or {}).get('mre'))} {val.get('unit', '')}")
         split = latency_split_line(run)
         if split:

@@ -4,15 +4,16 @@ accuracy of the two inference runs on a datalist section and the time of the inf
 Usage::
 
     python scripts/decode_benchmark.py --bundle interactive_kp --checkpoint /tmp/ikp_hand/models/model.pt \\
-        --datalist data/hand_xray/datalist.json --config quick,hand \\
-        --overrides '{"spatial_size": [128, 192], "network_def#width": 16}' --out runs/bench/decode_ikp_hand.json
+        --datalist data/hand_xray/datalist.json --config hand --out runs/bench/decode_ikp_hand.json
 
-Both runs use the bundle's ``configs/inference.json`` (+ ``--config`` files and ``--overrides``) with ``decode_size``
-``None`` (whole files, as in training) and ``--decode_size`` (default: the config's ``spatial_size``). Errors are
-against the section's ground truth, in mm with the datalist's (or the file's) spacing, else in pixels. The
-preprocessing (the config's ``preprocessing`` Compose: load, fit, intensity) is timed on every image alternately
-with both settings, ``--repeats`` times, on ``--threads`` torch threads (1 by default: on a shared machine, OpenMP
-spin-waiting makes small multi-threaded ops erratic).
+Both runs are the bundle's inference workflow (``run inference``: ``train.json`` + the ``--config`` variants + the
+trained-model overlays, :func:`monai_ext.bundle.config_files`) with ``--checkpoint``, whose record sets the network,
+input size and decoding (no training override is repeated; ``--overrides`` takes run-level ids only, e.g.
+``num_workers``), with ``decode_size`` ``None`` (whole files, as in training) and ``--decode_size`` (default: the
+model's ``spatial_size``). Errors are against the section's ground truth, in mm with the datalist's (or the file's)
+spacing, else in pixels. The preprocessing (the workflow's ``preprocessing`` Compose: load, fit, intensity) is timed
+on every image alternately with both settings, ``--repeats`` times, on ``--threads`` torch threads (1 by default: on
+a shared machine, OpenMP spin-waiting makes small multi-threaded ops erratic).
 """
 
 from __future__ import annotations
@@ -31,7 +32,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from monai_ext.benchmark import latency_stats, machine_info, record_json, write_record  # noqa: E402
+from monai_ext.benchmark import (  # noqa: E402
+    config_names,
+    latency_stats,
+    machine_info,
+    override_problems,
+    record_json,
+    run_level_overrides,
+    write_record,
+)
+from monai_ext.bundle import config_files  # noqa: E402
 from monai_ext.data.datalist import load_datalist  # noqa: E402
 from monai_ext.metrics.distances import summarize_errors  # noqa: E402
 
@@ -42,7 +52,7 @@ def _workflow(bundle_dir: Path, configs: list[str], overrides: dict[str, Any]):
     from monai.bundle import ConfigWorkflow
 
     wf = ConfigWorkflow(config_file=configs, meta_file=str(bundle_dir / "configs" / "metadata.json"),
-                        workflow_type="infer", bundle_root=str(bundle_dir), **overrides)
+                        workflow_type="infer", run_id="inference", bundle_root=str(bundle_dir), **overrides)
     wf.initialize()
     return wf
 
@@ -68,24 +78,41 @@ def run(
     out: str | None = None,
 ) -> dict[str, Any]:
     """Compare whole-file and reduced-scale decoding; returns the record (printed as JSON on the command line) and
-    writes it to ``out``."""
+    writes it to ``out``.
+
+    Args:
+        bundle: a bundle name under ``bundles/`` or a bundle folder.
+        checkpoint: the trained model (``models/model.pt``: weights and the record of its configuration).
+        datalist: the datalist whose ``section`` is predicted.
+        config: variants merged after ``train.json`` (names in the bundle's configs/ or paths), comma-separated.
+        overrides: run-level config ids (a JSON object); an id that the model's record sets, or a training
+            setting, is an error.
+        decode_size: the reduced decoding size, ``"W,H"`` (default: the model's ``spatial_size``).
+        repeats, threads: the preprocessing timing (interleaved repeats, torch threads).
+        out: the JSON file written.
+    """
     bundle_dir = Path(bundle) if (Path(bundle) / "configs").is_dir() else REPO / "bundles" / bundle
     extra = [] if not config else (config.split(",") if isinstance(config, str) else list(config))
-    configs = [str(bundle_dir / "configs" / "inference.json")] + [
-        str(c) if Path(str(c)).is_file() else str(bundle_dir / "configs" / f"{c}.json") for c in extra]
+    variants = [str(Path(str(c)).resolve()) if Path(str(c)).is_file() else f"{str(c).strip()}.json" for c in extra]
+    configs = config_files(bundle_dir, "inference", variants)
     user = json.loads(overrides) if isinstance(overrides, str) else dict(overrides or {})
+    run_level, rejected = run_level_overrides(user, configs[1 + len(variants):])
+    rejected.update(override_problems(run_level, configs))
+    if rejected:
+        raise ValueError("--overrides: inference with a trained model takes run-level ids only (its record sets the "
+                         "model's values):\n" + "\n".join(f"  - {k}: {why}" for k, why in rejected.items()))
     items = load_datalist(datalist, section)
     if not items:
         raise ValueError(f"{datalist}: section {section!r} is empty")
     reduced = "@spatial_size" if decode_size is None else [int(v) for v in (
         decode_size.split(",") if isinstance(decode_size, str) else decode_size)]
     record: dict[str, Any] = {"bundle": bundle_dir.name, "checkpoint": str(checkpoint), "datalist": str(datalist),
-                              "section": section, "configs": [Path(c).name for c in configs], "overrides": user,
+                              "section": section, "configs": config_names(configs), "overrides": user,
                               "n_images": len(items), "modes": {}, "preprocessing_ms": {}}
     predictions, preprocessing = {}, {}
     with tempfile.TemporaryDirectory(prefix="decode-") as tmp:
         for mode in MODES:
-            over = {**user, "ckpt_path": str(checkpoint), "datalist": str(datalist), "num_overlays": 0,
+            over = {**run_level, "ckpt_path": str(checkpoint), "datalist": str(datalist), "num_overlays": 0,
                     "input": [it["image"] for it in items], "output_dir": f"{tmp}/{mode}",
                     "decode_size": None if mode == "full" else reduced}
             wf = _workflow(bundle_dir, configs, over)
@@ -94,7 +121,7 @@ def run(
                 record["decode_size"] = wf.parser.get_parsed_content("decode_size")
             wf.run()
             wf.finalize()
-            predictions[mode] = _points(Path(tmp) / mode / "predictions.json")
+            predictions[mode] = _points(Path(tmp) / mode / "inference" / "predictions.json")
     unit = "mm" if all(it.get("spacing") is not None for it in items) else "px"
     for mode in MODES:
         errors = []

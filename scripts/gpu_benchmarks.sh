@@ -9,7 +9,11 @@
 #   bash scripts/gpu_benchmarks.sh summary    OUT_DIR   # one line per recorded run
 #
 # HAND / SPINE: datalists (default: the downscaled copies written by scripts/downscale_datalist.py into .devdata/,
-# see docs/benchmarks.md); WORKERS: DataLoader workers per run. Every run writes OUT_DIR/<name>.json and .log.
+# see docs/benchmarks.md); WORKERS: DataLoader workers per run; EVAL_SECTION: the section the trained model is
+# evaluated on (default: the datalist's test split when it has one, else validation). Every run writes
+# OUT_DIR/<name>.json and .log. --overrides are top-level config ids of the bundle's train.json (evaluation and
+# inference take only the run-level ones: the trained model's record sets the rest); KNEEL's overrides apply to
+# both training runs (train.json, then stage2.json), so they must not be ids that stage2.json sets itself.
 set -u
 phase=${1:?phase: throughput | accuracy | bundles}
 out=${2:-runs/bench}
@@ -22,15 +26,16 @@ bench() {  # bench NAME LIMIT_S ARGS...: one benchmark run, killed after LIMIT_S
     local name=$1 limit=$2
     shift 2
     timeout "$limit" python scripts/benchmark.py run --out "$out/$name.json" --section validation \
+        ${EVAL_SECTION:+--eval_section "$EVAL_SECTION"} \
         --latency_images 20 --warmup 3 --latency_devices "${LATENCY_DEVICES:-cuda}" "$@" >"$out/$name.log" 2>&1
     echo "$name: exit $? ($(date -u +%T))"
 }
 
-fast="\"amp\": true, \"ckpt_interval_epochs\": 25, \"channels_last\": true, \"cudnn_benchmark\": true, \"augment_on_device\": true, \"num_workers\": $workers"
+fast="\"amp\": true, \"channels_last\": true, \"cudnn_benchmark\": true, \"augment_on_device\": true, \"num_workers\": $workers"
 case "$phase" in
 throughput)
     bench scn_hand256_b8_cpuaug_gpu 100 --bundle scn --datalist "$hand" --minutes 0.5 \
-        --overrides "{\"batch_size\": 8, \"num_workers\": $workers, \"ckpt_interval_epochs\": 25, \"val_interval\": 10}"
+        --overrides "{\"batch_size\": 8, \"num_workers\": $workers, \"val_interval\": 10}"
     bench scn_hand256_b8_fast_gpu 100 --bundle scn --datalist "$hand" --minutes 0.5 \
         --overrides "{\"batch_size\": 8, $fast, \"val_interval\": 10}"
     [ -n "${COMPILE:-}" ] && bench scn_hand256_b8_fast_compile_gpu 150 --bundle scn --datalist "$hand" --minutes 1 \
@@ -51,7 +56,8 @@ bundles)
         --overrides "{$gpu, \"val_interval\": 10}" &
     bench interactive_kp_hand_gpu 500 --bundle interactive_kp --config hand --datalist "$hand" --minutes "${MINUTES:-5}" \
         --overrides "{$gpu, \"val_interval\": 10}" &
-    # KNEEL: --minutes applies to each of its two stages (KNEEL_MINUTES; both timed, the accuracy is end to end)
+    # KNEEL: --minutes applies to each of its two training runs (KNEEL_MINUTES; both timed, the accuracy is end to
+    # end); its batch is images_per_batch (stage 2 sets its own batch_size and input size)
     bench kneel_hand_gpu 500 --bundle kneel --config hand --datalist "$hand" --minutes "${KNEEL_MINUTES:-2.5}" \
         --overrides "{$gpu, \"val_interval\": 5}" &
     wait
@@ -61,8 +67,10 @@ summary)  # one line per run JSON in OUT_DIR
 import json, pathlib, sys
 for p in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     d = json.loads(p.read_text()); t = d["training"]; v = d["validation"]; lat = d["inference"]["latency"]
+    e = d.get("evaluation") or {}
+    ev = f"evaluation ({e.get('section', 'validation')}) MRE {(e.get('summary') or {}).get('mre', float('nan')):.3f}, " if e else ""
     print(f"{p.stem}: {t['images_per_s']:.1f} img/s, wait {100 * t['data_wait_fraction']:.1f} %, epochs {t['epochs_run']}, "
-          f"{v['key_metric']} {v['metrics'].get(v['key_metric'], float('nan')):.3f} {v['unit']}, "
+          f"{v['key_metric']} {v['metrics'].get(v['key_metric'], float('nan')):.3f} {v['unit']}, {ev}"
           + ", ".join(f"{k} {x['median_ms']:.1f}/{x['p95_ms']:.1f} ms" for k, x in lat.items())
           + f", peak GPU {t.get('peak_gpu_allocated_mb') or 0:.0f} MiB")
 PY

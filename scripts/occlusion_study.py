@@ -1,9 +1,11 @@
 """Occlusion study of the adv_posenet bundle: does the adversarial model estimate occluded landmarks better than the
 supervised one?
 
-Both checkpoints (``model.pt`` of a bundle training with ``--adversarial True`` and one with ``--adversarial False``)
-are evaluated by the bundle's own configs (``train.json`` + ``evaluate.json`` + ``evaluate_occlusion.json``,
-in-process ``ConfigWorkflow``) on the same images of ``--section`` under each condition:
+Both checkpoints (``models/model.pt`` of a bundle training with ``--adversarial True`` and one with ``--adversarial
+False``) are evaluated by the bundle's own evaluation (``run evaluating`` of
+``monai_ext.bundle.config_files("bundles/adv_posenet", "evaluate", configs, extra=["evaluate_occlusion.json"])``:
+``train.json``, the ``--configs`` variants, the trained-model overlays, then ``evaluate_occlusion.json``; in-process
+``ConfigWorkflow``) on the same images of ``--section`` under each condition:
 
 * ``none``: the images as they are;
 * ``blob``: a bright prosthesis-like ellipse over one random visible landmark per image;
@@ -20,9 +22,10 @@ Usage::
 
     python scripts/occlusion_study.py --datalist bundles/adv_posenet/data/synthetic_limbs/datalist.json \\
         --adversarial_ckpt runs/adv/models/model.pt --supervised_ckpt runs/sup/models/model.pt \\
-        --output_dir runs/occlusion_study [--section test] [--seed 0] [--network_def#num_stacks 8]
+        --output_dir runs/occlusion_study [--section test] [--seed 0] [--occlusion_crop_fraction 0.3]
 
-Pass the network overrides (or ``--configs "['.../quick.json']"``) the models were trained with.
+Each checkpoint's record sets its network and what it depends on (input size, landmarks, decoding): nothing given
+at training is repeated here, and further overrides are run-level ids only (an id the record sets is an error).
 """
 
 from __future__ import annotations
@@ -36,10 +39,14 @@ from typing import Any
 
 import fire
 
+from monai_ext.benchmark import config_names, override_problems, run_level_overrides
+from monai_ext.bundle import config_files
+from monai_ext.data import evaluation_section
 from monai_ext.utils import atomic_write
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "adv_posenet"
-CONFIGS = ("train.json", "evaluate.json", "evaluate_occlusion.json")
+#: the bundle's overlay after its evaluation composition
+OCCLUSION = BUNDLE / "configs" / "evaluate_occlusion.json"
 CONDITIONS = ("none", "blob", "crop")
 #: engine metric -> (column, subset)
 METRICS = {
@@ -52,26 +59,43 @@ METRICS = {
 }
 
 
-def _evaluate(checkpoint: Path, condition: str, eval_dir: Path, configs: Sequence[str], **override: Any) -> dict:
+def evaluation_files(configs: Sequence[str] = ()) -> list[str]:
+    """The study's composition: the bundle's evaluation with the ``configs`` variants (names in its configs/ or
+    paths), then ``evaluate_occlusion.json``."""
+    variants = [str(Path(c).resolve()) if Path(c).is_file() else c for c in configs]
+    return config_files(BUNDLE, "evaluate", variants, extra=[OCCLUSION.name])
+
+
+def _check_overrides(files: Sequence[str], n_variants: int, override: dict[str, Any]) -> None:
+    """Only run-level ids: the checkpoints' records set the models' values (a contradicting id would fail in every
+    evaluation, after the first ones ran)."""
+    _, rejected = run_level_overrides(override, files[1 + n_variants:])
+    rejected.update(override_problems({k: v for k, v in override.items() if k not in rejected}, files))
+    if rejected:
+        raise ValueError("overrides of a trained model's evaluation are run-level ids only:\n"
+                         + "\n".join(f"  - {k}: {why}" for k, why in rejected.items()))
+
+
+def _evaluate(checkpoint: Path, condition: str, eval_dir: Path, files: Sequence[str], **override: Any) -> dict:
     """One bundle evaluation; returns ``{"metrics": {engine metric: value}, "n_points", "n_occluded", "unit"}``."""
     from monai.bundle import ConfigWorkflow
 
-    files = [str(BUNDLE / "configs" / c) for c in CONFIGS] + [str(Path(c).resolve()) for c in configs]
     wf = ConfigWorkflow(
-        config_file=files,
+        config_file=list(files),
         meta_file=str(BUNDLE / "configs" / "metadata.json"),
         logging_file=str(BUNDLE / "configs" / "logging.conf"),
         workflow_type="infer",
         run_id="evaluating",
         bundle_root=str(BUNDLE),
-        **{**override, "ckpt_path": str(checkpoint), "occlusion": condition, "eval_dir": str(eval_dir)},
+        **{**override, "ckpt_path": str(checkpoint), "occlusion": condition, "output_dir": str(eval_dir),
+           "eval_dir": str(eval_dir)},
     )
     wf.initialize()
     try:
         wf.run()
         evaluator = wf.parser.get_parsed_content("evaluator")
         metrics = {k: float(evaluator.state.metrics[k]) for k in METRICS}
-        unit = str(wf.parser.get_parsed_content("unit"))
+        unit = str(wf.parser.get_parsed_content("header")["unit"])
     finally:
         wf.finalize()
     summary = json.loads((eval_dir / "summary.json").read_text())
@@ -119,7 +143,7 @@ def occlusion_study(
     adversarial_ckpt: str,
     supervised_ckpt: str,
     output_dir: str = "occlusion_study",
-    section: str = "test",
+    section: str | None = None,
     conditions: Sequence[str] = CONDITIONS,
     seed: int = 0,
     configs: Sequence[str] = (),
@@ -131,11 +155,14 @@ def occlusion_study(
         datalist: the datalist (its ``section`` is evaluated).
         adversarial_ckpt, supervised_ckpt: the generators' ``model.pt`` of the two bundle trainings.
         output_dir: folder of the outputs.
-        section: datalist section to evaluate (``"test"``, ``"validation"``, ...).
+        section: datalist section to evaluate (``"test"``, ``"validation"``, ...; default: ``test`` when the
+            datalist has one, else ``validation``, as the bundle's evaluation chooses).
         conditions: a subset of ``none``, ``blob``, ``crop``.
         seed: the occlusion seed (``occlusion_seed``).
-        configs: config files merged after the bundle's (e.g. ``quick.json`` for quick-trained models).
-        override: further bundle overrides, e.g. ``network_def#num_stacks=8`` or ``occlusion_crop_fraction=0.3``.
+        configs: variants merged after the bundle's ``train.json`` (names in its configs/ or paths, e.g.
+            ``hand.json``); the checkpoints' records override what they say about the models.
+        override: further run-level overrides, e.g. ``occlusion_crop_fraction=0.3`` or ``num_workers=0`` (an id
+            that the models' records set, such as ``network_def#num_stacks`` or ``spatial_size``, is an error).
 
     Returns:
         the JSON report: ``{"settings", "results": {model: {condition: {"metrics", "n_points", "n_occluded",
@@ -152,10 +179,14 @@ def occlusion_study(
                                     f"{name == 'adversarial'} and pass its models/model.pt).")
     if not Path(datalist).is_file():
         raise FileNotFoundError(f"{datalist}: no such datalist.")
+    section = section or evaluation_section(datalist)
     out = Path(output_dir)
     configs = [configs] if isinstance(configs, str) else list(configs)
+    files = evaluation_files(configs)
+    _check_overrides(files, len(configs), override)
     settings = {"datalist": str(Path(datalist).resolve()), "section": section, "seed": int(seed),
                 "checkpoints": {k: str(v.resolve()) for k, v in models.items()}, "configs": [str(c) for c in configs],
+                "evaluation_configs": config_names(files),
                 "override": {k: v for k, v in override.items()}}
     results: dict[str, dict[str, dict]] = {}
     timings: dict[str, float] = {}
@@ -164,7 +195,7 @@ def occlusion_study(
         for condition in conditions:
             t0 = time.time()
             results[name][condition] = _evaluate(
-                ckpt, condition, out / name / condition, configs,
+                ckpt, condition, out / name / condition, files,
                 datalist=str(Path(datalist).resolve()), eval_section=section, occlusion_seed=int(seed), **override,
             )
             timings[f"{name}/{condition}_wall_s"] = time.time() - t0

@@ -14,6 +14,8 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import decollate_batch
 
+from bundle_workflow import bundle_workflow
+
 from monai_ext.transforms import SelectLast, SelectLastd
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "adv_posenet"
@@ -58,12 +60,10 @@ def test_select_lastd_after_decollation_and_on_a_batch():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_inference_network_and_input_size_match_training():
+def test_input_sizes_fit_the_hourglass():
+    """Default and quick input sizes are multiples of the hourglass's total stride (a trained model's own size is
+    what evaluation and inference use: tests/test_model_config.py)."""
     train = json.loads((CONFIGS / "train.json").read_text())
-    infer = json.loads((CONFIGS / "inference.json").read_text())
-    assert infer["network_def"] == train["network_def"]
-    assert infer["spatial_size"] == train["spatial_size"]
-    assert infer["decode_method"] == train["decode_method"]
     multiple = train["network_def"]["stem_stride"] * 2 ** train["network_def"]["depth"]
     assert all(s % multiple == 0 for s in train["spatial_size"])
     quick = json.loads((CONFIGS / "quick.json").read_text())
@@ -82,20 +82,8 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _workflow(tmp: Path, dataset_dir: Path, **overrides) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "quick.json")],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="train",
-        run_id="training",
-        bundle_root=str(BUNDLE),
-        ckpt_dir=str(tmp / "models"),
-        output_dir=str(tmp / "eval"),
-        dataset_dir=str(dataset_dir),
-        **{"train#trainer#epoch_length": 1, **overrides},
-    )
-    wf.initialize()
-    return wf
+    return bundle_workflow(BUNDLE, ["train.json"], "training", tmp, dataset_dir=str(dataset_dir),
+                           **{"train#trainer#epoch_length": 1, **overrides})
 
 
 def _params(net: torch.nn.Module) -> list[torch.Tensor]:
@@ -112,12 +100,10 @@ def test_adversarial_switch(adversarial: bool, tmp_path: Path, dataset_dir: Path
     parser: ConfigParser = wf.parser
     trainer = parser.get_parsed_content("train#trainer")
     generator = parser.get_parsed_content("network")
-    pose, conf = parser.get_parsed_content("pose_discriminator"), parser.get_parsed_content("confidence_discriminator")
-    assert (trainer.pose_discriminator is pose) is adversarial
-    assert (trainer.confidence_discriminator is conf) is adversarial
-    if not adversarial:
-        assert trainer.pose_discriminator is None and trainer.confidence_discriminator is None
-    g0, p0, c0 = _params(generator), _params(pose), _params(conf)
+    pose, conf = trainer.pose_discriminator, trainer.confidence_discriminator
+    assert (pose is not None) is adversarial and (conf is not None) is adversarial
+    g0 = _params(generator)
+    p0, c0 = (_params(pose), _params(conf)) if adversarial else (None, None)
 
     wf.run()
     out = trainer.state.output
@@ -126,15 +112,16 @@ def test_adversarial_switch(adversarial: bool, tmp_path: Path, dataset_dir: Path
     assert _changed(g0, generator)
     for key in ("d_P", "d_C", "adv_P", "adv_C"):
         assert (float(out[key]) > 0) is adversarial, key
-    assert _changed(p0, pose) is adversarial
-    assert _changed(c0, conf) is adversarial
-    if not adversarial:
+    if adversarial:
+        assert _changed(p0, pose) and _changed(c0, conf)
+    else:
         torch.testing.assert_close(out["loss"], out["mse"])
-    # the best model is a plain generator state dict; the resume checkpoint has the discriminators only when used
+    # the best model is the generator's state dict with the model's record; the resume checkpoint has the
+    # discriminators only when used
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert set(state) == set(generator.state_dict())
+    assert set(state["model"]) == set(generator.state_dict()) and "model_config" in state
     keys = set(torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True))
-    assert {"trainer", "generator", "g_optimizer"} <= keys
+    assert {"trainer", "model", "optimizer"} <= keys
     assert ({"pose_discriminator", "p_optimizer", "confidence_discriminator", "c_optimizer"} <= keys) is adversarial
     wf.finalize()
 
@@ -159,7 +146,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path, dataset_dir: Path)
     wf.run()
     assert seen["epoch"] == 2, "training did not continue from the saved epoch"
     assert trainer.state.epoch == 2 and trainer.state.iteration == 2
-    for k, v in saved["generator"].items():
+    for k, v in saved["model"].items():
         torch.testing.assert_close(seen["weights"][k], v)
     wf.finalize()
 
@@ -167,12 +154,17 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path, dataset_dir: Path)
 @pytest.mark.parametrize("value, expected", [("false", False), ("False", False), ("no", False), ("true", True), ("1", True)])
 def test_command_line_booleans_switch_the_discriminators(value: str, expected: bool, tmp_path: Path):
     """``--adversarial false`` from a shell or a fire dict arrives as a string: it must not read as ``True``."""
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.json")])
-    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tmp_path / "data"), "adversarial": value, "amp": value})
-    assert parser.get_parsed_content("use_pose_discriminator") is expected
-    assert parser.get_parsed_content("use_confidence_discriminator") is expected
-    assert parser.get_parsed_content("use_amp") is expected
+    from monai_ext.bundle import read_config
+
+    parser = read_config([str(CONFIGS / "train.json"), str(CONFIGS / "quick.json")],
+                         bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "data"), adversarial=value)
+    parser.parse()
+    assert (parser.get_parsed_content("pose_discriminator") is not None) is expected
+    assert (parser.get_parsed_content("confidence_discriminator") is not None) is expected
+    from monai_ext.utils import use_amp
+
+    assert use_amp(value, "cuda") is expected  # the engines' amp switch reads the string the same way
     with pytest.raises(RuntimeError):  # a typo is an error, not a silent True
         parser.update({"adversarial": "flase"})
-        parser.get_parsed_content("use_adversarial")
+        parser.parse()
+        parser.get_parsed_content("pose_discriminator")

@@ -184,38 +184,41 @@ def test_load_state_dict_skips_missing_devices():
 def _scn_parser(tmp_path: Path, configs: tuple[str, ...] = ("train.json", "quick.json"), **overrides) -> ConfigParser:
     if not (tmp_path / "data" / "datalist.json").is_file():
         generate_dataset("hand", tmp_path / "data", n_train=1, n_val=1, n_test=0)
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / f) for f in configs])
-    parser.update({"dataset_dir": str(tmp_path / "data"), **overrides})
-    return parser
+    from monai_ext.bundle import read_config
+
+    return read_config([str(BUNDLE / "configs" / f) for f in configs], dataset_dir=str(tmp_path / "data"), **overrides)
 
 
 def test_scn_checkpoint_has_the_augmentation_only_when_on(tmp_path: Path):
     on = _scn_parser(tmp_path, augment_on_device="true")
-    objects = on.get_parsed_content("train#checkpoint_objects")
-    assert objects["batch_augmentation"] is on.get_parsed_content("train#prepare_batch").augment
+    objects = on.get_parsed_content("train#parts#checkpoint")
+    assert objects["batch_augmentation"] is on.get_parsed_content("prepare_batch").augment
     assert isinstance(objects["batch_augmentation"], BatchRandAffine)
     assert set(objects) == {"model", "optimizer", "lr_scheduler", "rng", "batch_augmentation"}
     off = _scn_parser(tmp_path, augment_on_device=False)
-    assert set(off.get_parsed_content("train#checkpoint_objects")) == {"model", "optimizer", "lr_scheduler", "rng"}
+    assert set(off.get_parsed_content("train#parts#checkpoint")) == {"model", "optimizer", "lr_scheduler", "rng"}
     # entries added by other configs are kept (learnable sigmas)
     sigma = _scn_parser(tmp_path, ("train.json", "learnable_sigma.json", "quick.json"), augment_on_device=True)
-    assert {"loss", "batch_augmentation"} <= set(sigma.get_parsed_content("train#checkpoint_objects"))
+    assert {"loss", "batch_augmentation"} <= set(sigma.get_parsed_content("train#parts#checkpoint"))
 
 
 def test_scn_multi_gpu_seeds_the_augmentation_per_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    configs = ("train.json", "quick.json", "multi_gpu_train.json")
+    import monai_ext.utils
+
     seeds = []
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun launch: the workflows run distributed by themselves
     for rank in (0, 1):
-        monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None, rank=rank: rank)
-        parser = _scn_parser(tmp_path, configs, augment_on_device=True, seed=5)
-        seeds.append(parser.get_parsed_content("train#batch_augmentation").seed)
+        monkeypatch.setattr(monai_ext.utils, "rank", lambda rank=rank: rank)
+        parser = _scn_parser(tmp_path, augment_on_device=True, seed=5)
+        seeds.append(parser.get_parsed_content("train#parts#batch_augmentation").seed)
         parser["network"] = "$@network_def"  # no DDP wrapper without a process group
         # only rank 0 saves: a resumed run restarts each rank from its own seed rather than from rank 0's stream
-        assert "batch_augmentation" not in parser.get_parsed_content("train#checkpoint_objects")
+        assert "batch_augmentation" not in parser.get_parsed_content("train#parts#checkpoint")
     assert seeds == [5, 6]
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setattr(monai_ext.utils, "rank", lambda: 0)
     single = _scn_parser(tmp_path, augment_on_device=True, seed=5)
-    assert single.get_parsed_content("train#batch_augmentation").seed == 5
+    assert single.get_parsed_content("train#parts#batch_augmentation").seed == 5
 
 
 def test_prepare_batch_builds_heatmaps_at_the_moved_landmarks():
@@ -250,7 +253,7 @@ def test_scn_augment_on_device_switch_trains_one_iteration(tmp_path: Path):
     wf = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path, max_epochs=1, batch_size=2,
                          augment_on_device="true")
     parser = wf.parser
-    names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#parts#dataset#transform").transforms]
     assert "ApplyWithLandmarksd" not in names and "GenerateLandmarkHeatmapd" not in names
     assert "RandLandmarkElasticd" not in names and "RandScaleIntensityd" in names  # elastic: on the device too
     trainer = parser.get_parsed_content("train#trainer")
@@ -267,5 +270,5 @@ def test_scn_augment_on_device_switch_trains_one_iteration(tmp_path: Path):
     assert (tmp_path / "models" / "model.pt").is_file()
 
     off = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path / "off", max_epochs=1)
-    names = [type(t).__name__ for t in off.parser.get_parsed_content("train#preprocessing").transforms]
-    assert "ApplyWithLandmarksd" in names and off.parser.get_parsed_content("train#prepare_batch").augment is None
+    names = [type(t).__name__ for t in off.parser.get_parsed_content("train#parts#dataset#transform").transforms]
+    assert "ApplyWithLandmarksd" in names and off.parser.get_parsed_content("prepare_batch").augment is None

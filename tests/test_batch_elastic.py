@@ -95,10 +95,10 @@ def test_scn_fast_path_deforms_on_the_device_and_trains(tmp_path: Path):
     wf = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path, max_epochs=1, batch_size=2,
                          augment_on_device="true")
     parser = wf.parser
-    names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#parts#dataset#transform").transforms]
     assert "RandLandmarkElasticd" not in names and "ApplyWithLandmarksd" not in names
     assert "RandScaleIntensityd" in names  # the intensity jitter stays per sample
-    aug = parser.get_parsed_content("train#prepare_batch").augment
+    aug = parser.get_parsed_content("prepare_batch").augment
     assert isinstance(aug, BatchRandAffineElastic)
     size = parser.get_parsed_content("spatial_size")
     assert (aug.elastic_prob, aug.elastic_control_points, aug.elastic_magnitude) == (0.5, 6, size[0] / 128)
@@ -106,5 +106,5 @@ def test_scn_fast_path_deforms_on_the_device_and_trains(tmp_path: Path):
     wf.finalize()
     assert (tmp_path / "models" / "model.pt").is_file()
     off = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path / "off", max_epochs=1)
-    names = [type(t).__name__ for t in off.parser.get_parsed_content("train#preprocessing").transforms]
-    assert "RandLandmarkElasticd" in names and off.parser.get_parsed_content("train#prepare_batch").augment is None
+    names = [type(t).__name__ for t in off.parser.get_parsed_content("train#parts#dataset#transform").transforms]
+    assert "RandLandmarkElasticd" in names and off.parser.get_parsed_content("prepare_batch").augment is None

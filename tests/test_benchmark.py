@@ -20,12 +20,14 @@ from monai_ext.benchmark import (
     PeakMemoryMonitor,
     StopAfterMinutes,
     ValidationHistory,
+    config_names,
     count_images,
     detection_rate_curve,
     latency_stats,
     machine_info,
     release_workers,
 )
+from monai_ext.bundle import config_files
 from monai_ext.data.synthetic import write_dicom
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,7 +219,41 @@ def test_run_rejects_bad_arguments(tmp_path: Path):
         benchmark.run(bundle="scn", epochs=1, overrides="[1, 2]")
     with pytest.raises(ValueError, match="--latency_devices"):
         benchmark.run(bundle="scn", epochs=1, latency_devices="tpu", out=str(tmp_path / "x.json"))
+    # override ids that no workflow of the bundle can take: named, with what to override instead, before training
+    former = r"train#dataloader#batch_size: an id of the former config layout: override batch_size"
+    with pytest.raises(ValueError, match=former):
+        benchmark.run(bundle="scn", epochs=1, overrides='{"train#dataloader#batch_size": 2}', out=str(tmp_path / "x.json"))
+    with pytest.raises(ValueError, match=r"'train#parts' is pulled in with a macro"):
+        benchmark.run(bundle="scn", epochs=1, overrides='{"train#parts#dataloader#batch_size": 2}',
+                      out=str(tmp_path / "x.json"))
+    with pytest.raises(ValueError, match="no_such_id: not an id of these configs"):
+        benchmark.run(bundle="scn", epochs=1, overrides='{"no_such_id": 2}', out=str(tmp_path / "x.json"))
+    # KNEEL's stage 2 sets its own input size (its ROIs) and batch: an override would replace them in stage 2 too
+    with pytest.raises(ValueError, match=r"\['spatial_size', 'batch_size'\]: kneel's stage2.json sets these"):
+        benchmark.run(bundle="kneel", epochs=1, overrides='{"spatial_size": [64, 64], "batch_size": 2}',
+                      out=str(tmp_path / "x.json"))
     assert not (tmp_path / "x.json").exists()
+
+
+def test_overrides_plan_splits_training_from_run_level_ids():
+    """Evaluation and inference get run-level ids only: the trained model's record sets the model's values (a
+    contradicting override would be a ModelConfigMismatch), the training recipe does not apply."""
+    scn = benchmark._bundle_dir("scn")
+    user = {"spatial_size": [32, 32], "network_def#local_filters": 8, "learning_rate": 0.1, "num_workers": 2,
+            "amp": True, "decode_size": None, "dataloader#num_workers": 1}
+    plan = benchmark._plan_overrides(scn, benchmark._extra_configs(scn, "quick"), user)
+    assert plan["evaluate"] == {"num_workers": 2, "amp": True}
+    assert plan["inference"] == {"num_workers": 2, "amp": True, "decode_size": None, "dataloader#num_workers": 1}
+    assert plan["training"] == {k: user[k] for k in ("spatial_size", "network_def#local_filters", "learning_rate",
+                                                     "num_workers", "amp")}
+    assert plan["training_only"] == {"spatial_size": "the trained model's record sets it",
+                                     "network_def#local_filters": "the trained model's record sets it",
+                                     "learning_rate": "a training setting"}
+    kneel = benchmark._bundle_dir("kneel")
+    plan = benchmark._plan_overrides(kneel, [], {"roi_size_mm": [96, 96], "images_per_batch": 4, "num_workers": 1})
+    assert plan["evaluate"] == plan["inference"] == {"num_workers": 1}
+    assert plan["training_only"] == {"roi_size_mm": "the trained model's record sets it",
+                                     "images_per_batch": "a training setting"}
 
 
 def test_overrides_from_the_command_line_keep_json_null():
@@ -288,6 +324,11 @@ def test_run_records_every_field(bench_run: Path):
                               "num_landmarks": 3, "n_training": 4, "n_validation": 2, "n_test": 2}
     s = doc["settings"]
     assert s["spatial_size"] == [32, 32] and s["max_epochs"] == 2 and s["overrides"] == {"spatial_size": [32, 32]}
+    assert s["configs"] == ["bundles/scn/configs/train.json", "bundles/scn/configs/quick.json"]
+    assert s["batch_size"] == 4 and s["num_workers"] == 0  # quick.json
+    # the model's input size is the trained model's record: evaluation and inference read it, not the override
+    assert s["evaluation_overrides"] == s["inference_overrides"] == {}
+    assert s["training_only_overrides"] == {"spatial_size": "the trained model's record sets it"}
 
     tr = doc["training"]
     assert tr["epochs_run"] == 2 and tr["steady_epochs"] == [2] and len(tr["per_epoch"]) == 2
@@ -387,33 +428,43 @@ def test_report_without_runs_says_so(tmp_path: Path):
 
 @pytest.mark.slow
 def test_run_evaluates_the_best_checkpoint(bench_run: Path):
-    """evaluate.json on the validation split with model.pt: the record the report shows."""
+    """run evaluating with model.pt on the datalist's test split (it has one): the record the report shows."""
     doc = _strict_json(bench_run)
     ev = doc["evaluation"]
-    assert ev["configs"] == ["train.json", "evaluate.json", "quick.json"] and ev["section"] == "validation"
-    assert ev["key_metric"] == "val_mre" and ev["summary"]["n_images"] == 2 and ev["wall_s"] > 0
+    # train.json + quick.json + the trained-model overlays (monai_ext.bundle.config_files), as recorded
+    assert ev["configs"] == config_names(config_files(REPO / "bundles" / "scn", "evaluate", ["quick.json"]))
+    assert ev["configs"][:2] == doc["settings"]["configs"] and ev["section"] == "test"
+    assert ev["key_metric"] == "val_mre" and ev["summary"]["n_images"] == doc["dataset"]["n_test"] == 2
+    assert ev["wall_s"] > 0 and [e["name"] for e in ev["summary"]["per_landmark"]] == ["L0", "L1", "L2"]
     assert ev["clicks"] is None and doc["training"]["stages"] == {}
     assert "--evaluate" not in doc["command"]
 
 
 @pytest.mark.slow
 def test_run_two_stage_kneel_times_both_stages_and_evaluates_end_to_end(tmp_path: Path):
-    # val_interval 3 > 1 epoch: neither stage validates while training; the harness validates both after their
-    # last epoch, so both best checkpoints exist for the evaluation and inference
+    # val_interval 3 > 1 epoch: neither training run validates while training; the harness validates both after
+    # their last epoch, so both best checkpoints exist for the evaluation and inference
     out = benchmark.run(bundle="kneel", epochs=1, config="quick", out=str(tmp_path / "kneel.json"),
                         overrides='{"val_interval": 3}', workdir=str(tmp_path / "work"), latency_images=1, warmup=0,
-                        batch_size=3)
+                        batch_size=3, eval_section="validation")
     doc = _strict_json(Path(out))
     assert doc["settings"]["spatial_size"] == [64, 64] and doc["settings"]["roi_size"] == [64, 64]  # quick.json
-    stage2 = doc["training"]["stages"]["stage2#train#trainer"]
+    stage2 = doc["training"]["stages"]["stage2.json"]  # the second training run: train.json + quick + stage2.json
+    assert stage2["configs"][-1] == "bundles/kneel/configs/stage2.json"
     assert stage2["epochs_run"] == 1 and stage2["images"] > doc["training"]["images"]  # ROIs: 2 knees per image
+    assert doc["training"]["wall_s"] > stage2["wall_s"] > 0  # both training runs
+    assert (tmp_path / "work" / "models" / "model.pt").is_file()
+    assert (tmp_path / "work" / "models" / "stage2" / "model.pt").is_file()
     ev = doc["evaluation"]
-    assert ev["configs"] == ["train.json", "evaluate.json", "quick.json"]
+    assert ev["configs"] == config_names(config_files(REPO / "bundles" / "kneel", "evaluate", ["quick.json"]))
+    assert ev["section"] == "validation"  # --eval_section
+    assert ev["summary"]["n_images"] == doc["dataset"]["n_validation"]
     # every landmark, not the stage-1 ROI centres that the training validation scores
     assert len(ev["summary"]["per_landmark"]) == doc["dataset"]["num_landmarks"] == 16
     assert ev["summary"]["per_landmark"][0]["name"] == "femur_lat_margin_R"
     assert len(doc["validation"]["summary"]["per_landmark"]) == 2
-    # inference loaded both checkpoints of this run (model.pt + model_stage2.pt) and batched originals of any size
+    # inference loaded both checkpoints of this run (models/model.pt + models/stage2/model.pt) and batched
+    # originals of any size
     assert doc["inference"]["throughput"]["failed"] == 0 and doc["inference"]["throughput"]["batch_size"] == 3
     assert doc["inference"]["latency"]["cpu"]["failed"] == 0
 
@@ -424,9 +475,11 @@ def test_run_interactive_records_mre_vs_clicks_and_the_report_plots_it(tmp_path:
                         workdir=str(tmp_path / "work"), latency_images=1, warmup=0, batch_size=2, section="validation")
     doc = _strict_json(Path(out))
     clicks = doc["evaluation"]["clicks"]
-    assert clicks["unit"] == "mm" and clicks["n_images"] == doc["dataset"]["n_validation"]
+    section = doc["evaluation"]["section"]  # the datalist's test split when it has one
+    assert section == ("test" if doc["dataset"]["n_test"] else "validation")
+    assert clicks["unit"] == "mm" and clicks["n_images"] == doc["dataset"][f"n_{section}"]
     rows = clicks["table"]
-    assert [r["clicks"] for r in rows] == list(range(6))  # evaluate.json: 0..5 clicks
+    assert [r["clicks"] for r in rows] == list(range(6))  # its click protocol overlay: 0..5 clicks
     assert rows[0]["mre_model"] == pytest.approx(doc["evaluation"]["summary"]["mre"])  # 0 clicks = automatic
     assert rows[-1]["mre_model"] < rows[0]["mre_model"]  # clicked landmarks are enforced: the error drops
     assert all(r["smape_model"] is not None for r in rows)  # 68 landmarks: Cobb angles

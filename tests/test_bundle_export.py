@@ -1,14 +1,16 @@
-"""Model-zoo checks of every bundle, offline: ``verify_net_in_out`` against ``configs/metadata.json``, then
-``ckpt_export`` (TorchScript) and ``onnx_export`` (ONNX) of a checkpoint saved as the bundles save it
-(``models/model.pt``: the network's bare ``state_dict``, as MONAI's ``CheckpointSaver`` writes a single object;
-``models/checkpoint.pt``: ``{"model": state_dict, ...}``; ``--key_in_ckpt model`` reads both), each export compared
-with the eager network, both in eval mode.
+"""Model-zoo checks of every trained model of every bundle, offline, with no setting repeated: ``verify_net_in_out``
+against ``configs/metadata.json``, then ``ckpt_export`` (TorchScript) and ``onnx_export`` (ONNX) of a model saved
+as training saves it (``models/model.pt``: ``{"model": state_dict, "model_config": record}``, read with
+``--key_in_ckpt model``), each export compared with the eager network, both in eval mode.
 
-The networks are the bundles' ``quick.json`` variants (the real channel counts, narrower layers). Verification uses
-the metadata's input shapes; the exports use the (smaller) input size the quick pipeline feeds the network.
-``scn`` and kneel's stage 2 (a ``#`` id and metadata overrides) run the documented ``python -m monai.bundle ...``
-command lines (see the bundles' docs/README.md; in the background from the start of the module); the others call the
-same ``monai.bundle`` functions in-process, which is faster.
+What is exported comes from the bundles' own files: every training stage (``monai_ext.bundle.training_stages``)
+trains a network whose input and output are the stage's entries of ``network_data_format`` (in order: KNEEL's stage 2
+is ``roi`` / ``roi_pred``). The networks are the bundles' ``quick.json`` variants (the real channel counts, narrower
+layers) with random weights, saved with the record the training would write; the commands get the evaluation and
+inference composition (``train.json`` + ``bundles/common/configs/trained_model.json`` + the bundle's own) and rebuild the
+network from the record. A network that ``torch.jit.script`` compiles is exported scripted, else traced (the
+bundles feed fixed-size inputs). One bundle runs the documented ``python -m monai.bundle ...`` command lines (in the
+background from the start of the module); the others call the same ``monai.bundle`` functions in-process.
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from conftest import BUNDLES, REPO, network_format
 from monai.data import load_net_with_metadata
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
+from monai_ext.bundle import config_files, read_config, training_stages
+
 COMMANDS = ("verify_net_in_out", "ckpt_export", "onnx_export")
 FORMAT = "_meta_#network_data_format"
 CLI_TIMEOUT = 300
+CLI_BUNDLE = "scn"  # the one whose documented command lines run as subprocesses
 
 # monai.bundle's TorchScript export goes through torch.jit, which PyTorch deprecates in favour of torch.export
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated")
@@ -41,65 +44,47 @@ pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated
 
 @dataclass(frozen=True)
 class Net:
-    """One network of a bundle, the ``network_data_format`` entries of its input and output, and how it exports.
+    """The network trained by one training stage of a bundle and its ``network_data_format`` entries.
 
-    ``size_id``: config id of the spatial size the pipeline feeds the network (the export and parity input size).
-    ``use_trace``: TorchScript by ``torch.jit.trace`` (the bundles feed fixed-size inputs). StackedHourglass,
-    KneelHourglass and HRNet are not scriptable: their forwards index ``ModuleList``s with loop variables or zip
-    them with lists, and KNEEL's soft-argmax checks for ``MetaTensor`` inputs; SCN is scripted.
-    ``overrides``: config ``(id, value)`` pairs of every command: with ``final_only`` the stacked hourglass returns
-    its last stack's heatmaps (the prediction) as one tensor instead of the list of stacks.
-    ``export``: run the export tests (kneel's stage 2 is the stage-1 class with other channels: verified only).
-    ``cli``: run the commands as ``python -m monai.bundle`` command lines (subprocesses) instead of in-process.
+    ``stage``: the stage overlay (None: ``train.json`` itself); ``index``: its position among the stages, which is
+    also that of its entries in ``network_data_format``; ``cli``: run the commands as ``python -m monai.bundle``
+    command lines instead of in-process.
     """
 
     bundle: str
-    net_id: str = "network_def"
-    inputs: str = "image"
-    outputs: str = "pred"
-    size_id: str = "spatial_size"
-    use_trace: bool = True
-    overrides: tuple[tuple[str, Any], ...] = ()
-    export: bool = True
+    stage: str | None
+    index: int
     cli: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.bundle}:{self.net_id}"
+        return f"{self.bundle}:{self.stage or 'train.json'}"
+
+    @property
+    def dir(self) -> Path:
+        return REPO / "bundles" / self.bundle
+
+    def entries(self) -> tuple[str, str, dict, dict]:
+        fmt = network_format(self.dir)
+        inputs, outputs = list(fmt["inputs"]), list(fmt["outputs"])
+        return inputs[self.index], outputs[self.index], fmt["inputs"][inputs[self.index]], fmt["outputs"][outputs[self.index]]
 
 
-NETS = [  # the CLI commands start with the module and run while the in-process tests run: list them last
-    Net("adv_posenet", overrides=(("network_def#final_only", True),)),
-    Net("kneel", size_id="stage1_size"),
-    Net("interactive_kp"),
-    Net("kneel", "stage2#network_def", inputs="roi", outputs="roi_pred", size_id="roi_size", export=False, cli=True),
-    Net("scn", use_trace=False, cli=True),
-]
-EXPORTED = [n for n in NETS if n.export]
+NETS = [Net(b.name, stage, i, cli=b.name == CLI_BUNDLE) for b in BUNDLES for i, stage in enumerate(training_stages(b))]
+NETS.sort(key=lambda n: n.cli)  # the CLI commands start with the module and run while the in-process tests run
 
 
-def config_files(bundle: str) -> list[str]:
-    configs = REPO / "bundles" / bundle / "configs"
-    return [str(configs / "train.json"), str(configs / "quick.json")]
-
-
-def meta_file(bundle: str) -> str:
-    return str(REPO / "bundles" / bundle / "configs" / "metadata.json")
-
-
-def io_format(net: Net) -> tuple[dict, dict]:
-    """The metadata entries of ``net``'s input and output."""
-    fmt = json.loads(Path(meta_file(net.bundle)).read_text())["network_data_format"]
-    return fmt["inputs"][net.inputs], fmt["outputs"][net.outputs]
+def meta_file(net: Net) -> str:
+    return str(net.dir / "configs" / "metadata.json")
 
 
 def io_overrides(net: Net) -> dict[str, Any]:
     """Overrides pointing the ``image`` / ``pred`` entries, which monai.bundle reads, at ``net``'s own entries."""
-    inp, out = io_format(net)
+    inputs, outputs, inp, out = net.entries()
     ov: dict[str, Any] = {}
-    if net.inputs != "image":
+    if inputs != "image":
         ov.update({f"{FORMAT}#inputs#image#{k}": inp[k] for k in ("num_channels", "spatial_shape", "dtype")})
-    if net.outputs != "pred":
+    if outputs != "pred":
         ov.update({f"{FORMAT}#outputs#pred#{k}": out[k] for k in ("num_channels", "dtype")})
     return ov
 
@@ -115,19 +100,20 @@ def _randomise_norm_statistics(model: torch.nn.Module) -> None:
 
 @dataclass
 class Prepared:
-    """A bundle network (eval mode) with random weights saved as the bundles' checkpoints, an input of the export
-    size and the eager output on it, and the ``monai.bundle`` commands on it (started at once for the CLI bundles)."""
+    """A bundle network (eval mode) with random weights saved as training saves it, an input of the trained size and
+    the eager output on it, and the ``monai.bundle`` commands on it (started at once for the CLI bundle)."""
 
     net: Net
     workdir: Path
     model: torch.nn.Module
     x: torch.Tensor
     ref: torch.Tensor
+    scripted: bool
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def ckpt(self, command: str) -> Path:
-        """TorchScript from the best-metric weights, ONNX from the resume checkpoint: both formats are covered."""
-        return self.workdir / ("model.pt" if command == "ckpt_export" else "checkpoint.pt")
+    @property
+    def ckpt(self) -> Path:
+        return self.workdir / "models" / ("stage2/" if self.net.stage else "") / "model.pt"
 
     @property
     def ts(self) -> Path:
@@ -138,23 +124,28 @@ class Prepared:
         return self.workdir / "model.onnx"
 
     def kwargs(self, command: str) -> dict[str, Any]:
-        """Arguments of ``monai.bundle.<command>`` (the documented ones, plus the quick config and temp paths)."""
-        kw: dict[str, Any] = {"meta_file": meta_file(self.net.bundle), "config_file": config_files(self.net.bundle)}
+        """Arguments of ``monai.bundle.<command>``: the documented ones (the inference composition, the trained
+        model's checkpoint), plus temp paths; no setting of the model is repeated."""
+        kw: dict[str, Any] = {
+            "meta_file": meta_file(self.net),
+            "config_file": config_files(self.net.dir, "inference", ["quick.json"]),
+            "bundle_root": str(self.workdir),
+            "ckpt_path": str(self.ckpt),
+        }
         if command != "verify_net_in_out":
             path = self.ts if command == "ckpt_export" else self.onnx
-            kw.update(filepath=str(path), ckpt_file=str(self.ckpt(command)), key_in_ckpt="model")
-        if command == "onnx_export" or (command == "ckpt_export" and self.net.use_trace):
+            kw.update(filepath=str(path), ckpt_file=str(self.ckpt), key_in_ckpt="model")
+        if command == "onnx_export" or (command == "ckpt_export" and not self.scripted):
             kw["input_shape"] = list(self.x.shape)
-        if command == "ckpt_export" and self.net.use_trace:
+        if command == "ckpt_export" and not self.scripted:
             kw["use_trace"] = True
             kw["converter_kwargs"] = {"check_trace": False}  # the parity checks below replace trace's own rerun
-        kw["dataset_dir"] = str(self.workdir / "data")
-        return {**kw, **dict(self.net.overrides), **io_overrides(self.net)}
+        return {**kw, **io_overrides(self.net)}
 
     def start(self, command: str) -> None:
-        """``python -m monai.bundle <command> <net_id> --key value ...`` in the background. Values are Python
+        """``python -m monai.bundle <command> network_def --key value ...`` in the background. Values are Python
         literals: fire reads a bare ``a#b`` as ``a`` followed by a comment, so strings are quoted."""
-        args = [sys.executable, "-m", "monai.bundle", command, repr(self.net.net_id)]
+        args = [sys.executable, "-m", "monai.bundle", command, "network_def"]
         for key, value in self.kwargs(command).items():
             args += [f"--{key}", repr(value)]
         env = {**os.environ, "OMP_NUM_THREADS": "1",
@@ -166,7 +157,7 @@ class Prepared:
     def run(self, command: str) -> None:
         """Run (in-process) or wait for (CLI) ``command``; fail with its output if it fails."""
         if not self.net.cli:
-            getattr(monai.bundle, command)(self.net.net_id, **self.kwargs(command))
+            getattr(monai.bundle, command)("network_def", **self.kwargs(command))
             return
         proc = self.processes[command]
         try:
@@ -179,6 +170,14 @@ class Prepared:
         assert rc == 0, f"{' '.join(map(str, proc.args))} exited {rc}:\n{log[-4000:]}"
 
 
+def _scriptable(model: torch.nn.Module) -> bool:
+    try:
+        torch.jit.script(model)
+        return True
+    except Exception:  # noqa: BLE001 - any compiler error means: trace it
+        return False
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Callable[[Net], Prepared]:
     cache: dict[str, Prepared] = {}
@@ -186,21 +185,31 @@ def prepared(tmp_path_factory) -> Callable[[Net], Prepared]:
     def get(net: Net) -> Prepared:
         if net.name in cache:
             return cache[net.name]
-        workdir = tmp_path_factory.mktemp(net.name.replace(":", "_").replace("#", "_"))
-        parser = ConfigParser()
-        parser.read_config(config_files(net.bundle))
-        parser["dataset_dir"] = str(workdir / "data")  # the synthetic datalist gives the landmark count
+        workdir = tmp_path_factory.mktemp(net.name.replace(":", "_").replace(".", "_"))
+        # the training composition of the stage builds the network and the record it would save with its weights
+        parser = read_config(config_files(net.dir, "train", ["quick.json"], net.stage),
+                             bundle_root=str(workdir), dataset_dir=str(workdir / "data"))
+        if net.stage:
+            parser["init_from_stage1"] = False  # random weights: nothing to start from
         torch.manual_seed(0)
-        model = parser.get_parsed_content(net.net_id)  # the training form, without net.overrides
+        model = parser.get_parsed_content("network")
         _randomise_norm_statistics(model)
-        torch.save(model.state_dict(), workdir / "model.pt")  # as CheckpointSaver(save_dict={"model": network})
-        torch.save({"model": model.state_dict(), "trainer": {"epoch": 1}}, workdir / "checkpoint.pt")  # as resume
-        inp, _ = io_format(net)
-        size = parser.get_parsed_content(net.size_id)
+        record = parser.get_parsed_content("model_config")
+        ckpt = workdir / "models" / ("stage2" if net.stage else "") / "model.pt"
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": model.state_dict(), "model_config": record.state_dict()}, ckpt)
+        # the network as evaluation and inference rebuild it from the record (a stacked hourglass: last stack only)
+        parser = read_config(config_files(net.dir, "inference", ["quick.json"]),
+                             bundle_root=str(workdir), dataset_dir=str(workdir / "data"), ckpt_path=str(ckpt))
+        served = parser.get_parsed_content("network_def")
+        served.load_state_dict(model.state_dict())
+        _, _, inp, _ = net.entries()
+        size = parser.get_parsed_content("spatial_size")
         x = torch.rand(1, inp["num_channels"], *size, generator=torch.Generator().manual_seed(2)) * 2 - 1
-        p = Prepared(net, workdir, model.eval(), x, last_stack(forward(model, x)))
-        if net.cli:  # the dataset exists now: the three commands can run side by side
-            for command in COMMANDS if net.export else COMMANDS[:1]:
+        served.eval()
+        p = Prepared(net, workdir, served, x, last_stack(forward(served, x)), _scriptable(served))
+        if net.cli:  # the checkpoint exists now: the three commands can run side by side
+            for command in COMMANDS:
                 p.start(command)
         cache[net.name] = p
         return p
@@ -233,8 +242,11 @@ def assert_parity(actual: Any, ref: torch.Tensor, what: str) -> None:
     torch.testing.assert_close(actual, ref, rtol=0.0, atol=1e-5 * scale, msg=lambda m: f"{what}: {m}")
 
 
-def test_every_bundle_is_covered():
-    assert {n.bundle for n in NETS} == set(BUNDLES), "add the new bundle's networks to NETS"
+def test_every_training_stage_has_its_metadata_entries():
+    """One ``network_data_format`` input and output per training stage, in the stages' order."""
+    for bundle in BUNDLES:
+        fmt, stages = network_format(bundle), training_stages(bundle)
+        assert len(fmt["inputs"]) == len(stages) and len(fmt["outputs"]) >= len(stages), bundle.name
 
 
 @pytest.mark.parametrize("net", NETS, ids=[n.name for n in NETS])
@@ -242,26 +254,27 @@ def test_verify_net_in_out(net: Net, prepared):
     p = prepared(net)
     p.run("verify_net_in_out")
     # verify_net_in_out checks channels and dtype; the spatial shapes are checked here
-    inp, out = io_format(net)
+    _, outputs, inp, out = net.entries()
     x = torch.rand(1, inp["num_channels"], *inp["spatial_shape"])
     y = last_stack(forward(p.model, x))
     assert tuple(y.shape) == (1, out["num_channels"], *out["spatial_shape"]), (
         f"{net.name}: output {tuple(y.shape)} on the metadata's input shape {tuple(x.shape)} does not match "
-        f"metadata outputs#{net.outputs}"
+        f"metadata outputs#{outputs}"
     )
 
 
-@pytest.mark.parametrize("net", EXPORTED, ids=[n.name for n in EXPORTED])
+@pytest.mark.parametrize("net", NETS, ids=[n.name for n in NETS])
 def test_ckpt_export_torchscript_matches_eager(net: Net, prepared):
     p = prepared(net)
     p.run("ckpt_export")
-    model, meta, extra = load_net_with_metadata(str(p.ts), map_location="cpu", more_extra_files=["quick.json"])
-    assert meta["version"] == json.loads(Path(meta_file(net.bundle)).read_text())["version"]
-    assert json.loads(extra["quick.json"]) == json.loads(Path(config_files(net.bundle)[1]).read_text())
+    last = Path(p.kwargs("ckpt_export")["config_file"][-1])  # the export carries each config file under its name
+    model, meta, extra = load_net_with_metadata(str(p.ts), map_location="cpu", more_extra_files=[last.name])
+    assert meta["version"] == json.loads(Path(meta_file(net)).read_text())["version"]
+    assert json.loads(extra[last.name]) == json.loads(last.read_text())
     assert_parity(forward(model.eval(), p.x), p.ref, f"{net.name} TorchScript")
 
 
-@pytest.mark.parametrize("net", EXPORTED, ids=[n.name for n in EXPORTED])
+@pytest.mark.parametrize("net", NETS, ids=[n.name for n in NETS])
 def test_onnx_export_matches_eager(net: Net, prepared):
     p = prepared(net)
     p.run("onnx_export")

@@ -87,7 +87,7 @@ def test_scn_fast_path_trains_on_cuda_and_infers_like_cpu(tmp_path: Path):
                              device=f"$torch.device('{device}')", num_overlays=0)
         wf.run()
         wf.finalize()
-        doc = json.loads((out / "predictions.json").read_text())
+        doc = json.loads((out / "inference" / "predictions.json").read_text())
         assert doc["predictions"] and all(r["error"] is None for r in doc["predictions"])
         points[device] = np.array([[[p["x"], p["y"]] for p in r["landmarks"]] for r in doc["predictions"]])
     np.testing.assert_allclose(points["cuda"], points["cpu"], atol=0.05)

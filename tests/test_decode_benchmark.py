@@ -1,5 +1,6 @@
 """scripts/decode_benchmark.py: whole-file vs reduced-scale JPEG decoding with one checkpoint (here an untrained
-scn quick network on small JPEG hands): both inference runs, their errors and shift, the interleaved timing."""
+scn quick network on small JPEG hands, saved with its record as training saves it): both inference runs, their errors
+and shift, the interleaved timing."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from PIL import Image
 
+from monai_ext.bundle import config_files, read_config
 from monai_ext.data.readers import read_radiograph
 from monai_ext.data.synthetic import generate_dataset
 
@@ -36,16 +37,22 @@ def test_compares_full_and_reduced_decoding(tmp_path: Path):
         item["image"] = str(Path(source).parent / item["image"])
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps(doc))
-    configs = [str(REPO / "bundles/scn/configs" / c) for c in ("inference.json", "quick.json")]
-    parser = ConfigParser()
-    parser.read_config(configs)
-    parser["datalist"] = str(datalist)
+    # the training composition builds the network and the record it saves with its weights (models/model.pt)
+    parser = read_config(config_files(REPO / "bundles" / "scn", "train", ["quick.json"]), bundle_root=str(tmp_path),
+                         datalist=str(datalist))
     torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
+    network = parser.get_parsed_content("network")
+    record = parser.get_parsed_content("model_config")
+    torch.save({"model": network.state_dict(), "model_config": record.state_dict()}, tmp_path / "model.pt")
     out = tmp_path / "decode.json"
+    with pytest.raises(ValueError, match="spatial_size: the trained model's record sets it"):  # nothing runs
+        decode_benchmark.run(bundle="scn", checkpoint=str(tmp_path / "model.pt"), datalist=str(datalist),
+                             overrides='{"spatial_size": [32, 32]}', out=str(out))
+    # no variant: the network and its input size (quick.json's 64x64) come from the checkpoint's record
     record = decode_benchmark.run(bundle="scn", checkpoint=str(tmp_path / "model.pt"), datalist=str(datalist),
-                                  config="quick", decode_size="32,32", repeats=2, out=str(out))
+                                  decode_size="32,32", repeats=2, out=str(out), overrides='{"num_workers": 0}')
     assert json.loads(out.read_text())["n_images"] == 3 == record["n_images"]
+    assert record["configs"] == ["bundles/scn/configs/train.json", *record["configs"][1:]]
     assert record["decode_size"] == [32, 32] and record["decode_scales"]["full"] == [1]
     assert min(record["decode_scales"]["reduced"]) > 1  # the JPEGs really were decoded at a reduced scale
     for mode in ("full", "reduced"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_workflow import bundle_workflow
+from bundle_workflow import bundle_workflow, train_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,13 +29,14 @@ def test_hand_config_trains_evaluates_and_infers(name: str, tmp_path: Path):
     # quick.json (merged last) shrinks the networks; hand.json's 112 mm KNEEL ROIs at quick's 2 mm would be 56 px,
     # not a multiple of the quick hourglass's 32: 3.5 mm gives 32 px
     small = {"roi_spacing": 3.5} if name == "kneel" else {}
-    wf = _run(bundle, ["train.json", "hand.json"], "training", tmp_path, **small)
+    train_bundle(bundle, tmp_path, ("hand.json",), synthetic_kind="hand", **small)
+    wf = bundle_workflow(bundle, ["train.json", "hand.json"], "training", tmp_path, synthetic_kind="hand", **small)
     parser = wf.parser
-    assert parser.get_parsed_content("num_landmarks") == 37
+    assert parser.get_parsed_content("header")["num_landmarks"] == 37
     if name == "kneel":
         groups = parser.get_parsed_content("groups")
         assert parser.get_parsed_content("roi_groups") == hand["roi_groups"] and groups.num_groups == 10
-        assert (tmp_path / "models" / "model_stage2.pt").is_file()
+        assert (tmp_path / "models" / "stage2" / "model.pt").is_file()
     elif name == "adv_posenet":
         assert parser.get_parsed_content("optimizer").param_groups[0]["lr"] == hand["learning_rate"] == 1e-3
         assert parser.get_parsed_content("loss").spatial_reduction == hand["mse_spatial_reduction"] == "sum"
@@ -43,11 +44,12 @@ def test_hand_config_trains_evaluates_and_infers(name: str, tmp_path: Path):
         pairs = parser.get_parsed_content("morphology_pairs")
         assert len(pairs) == 30 and parser.get_parsed_content("loss").morphology.pairs.shape[0] == 30
     assert (tmp_path / "models" / "model.pt").is_file()
-    _run(bundle, ["train.json", "evaluate.json", "hand.json"], "evaluating", tmp_path, **small)
+    # evaluation and inference repeat nothing of the training: the models' records give sizes, spacings and names
+    _run(bundle, ["hand.json", "evaluate.json"], "evaluating", tmp_path)
     summary = json.loads((tmp_path / "eval" / "evaluation" / "summary.json").read_text())
     assert summary["n_images"] > 0 and summary["n_landmarks"] == 37
     files = [str(tmp_path / "data" / i["image"]) for i in json.loads((tmp_path / "data" / "datalist.json").read_text())["test"][:2]]
-    _run(bundle, ["inference.json", "hand.json"], "inference", tmp_path, input=files, output_dir=str(tmp_path / "pred"), **small)
-    doc = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    _run(bundle, ["hand.json", "inference.json"], "inference", tmp_path, input=files, output_dir=str(tmp_path / "pred"))
+    doc = json.loads((tmp_path / "pred" / "inference" / "predictions.json").read_text())
     assert len(doc["predictions"]) == 2 and all(r["error"] is None for r in doc["predictions"])
     assert all(np.isfinite([p["x"] for p in r["landmarks"]]).all() for r in doc["predictions"])

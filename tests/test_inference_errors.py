@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from bundle_workflow import save_untrained_model, workflow_files
 import torch
 from monai.bundle import ConfigWorkflow
 from PIL import Image
@@ -70,22 +71,22 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _infer(input_path: Path, tmp: Path, dataset_dir: Path, batch_size: int = 1, num_workers: int = 0) -> Path:
     out = tmp / "out"
+    ckpt = save_untrained_model(CONFIGS.parent, tmp, dataset_dir=str(dataset_dir))  # untrained weights + record
     wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "quick.json")],
+        config_file=workflow_files(CONFIGS.parent, ["inference.json"]),
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=False,
         workflow_type="infer",
-        ckpt_path=str(tmp / "model.pt"),
+        ckpt_path=str(ckpt),
         output_dir=str(out),
         dataset_dir=str(dataset_dir),
         input=str(input_path),
         **{"dataloader#batch_size": batch_size, "dataloader#num_workers": num_workers},
     )
     wf.initialize()
-    torch.save(wf.parser.get_parsed_content("network").state_dict(), tmp / "model.pt")  # untrained weights
     wf.run()
     wf.finalize()
-    return out
+    return out / "inference"
 
 
 @pytest.mark.parametrize("batch_size,num_workers", [(1, 0), (3, 2)])

@@ -139,29 +139,26 @@ def test_evaluator_maps_clicks_to_the_network_and_back(spine_data: Path, tmp_pat
 def _inference(spine_data: Path, tmp_path: Path, ckpt: Path, name: str, **overrides) -> dict:
     from monai.bundle import ConfigWorkflow
 
+    from bundle_workflow import workflow_files
+
     cfg = BUNDLE / "configs"
     wf = ConfigWorkflow(
-        config_file=[str(cfg / "inference.json"), str(cfg / "quick.json")],
+        config_file=workflow_files(BUNDLE, ["inference.json"]),
         meta_file=str(cfg / "metadata.json"), logging_file=str(cfg / "logging.conf"), workflow_type="infer",
-        bundle_root=str(BUNDLE), ckpt_path=str(ckpt), output_dir=str(tmp_path / name), dataset_dir=str(spine_data.parent),
-        input=str(spine_data), **overrides,
+        run_id="inference", bundle_root=str(tmp_path), ckpt_path=str(ckpt), output_dir=str(tmp_path / name),
+        dataset_dir=str(spine_data.parent), input=str(spine_data), **overrides,
     )
     wf.initialize()
     wf.run()
     wf.finalize()
-    return json.loads((tmp_path / name / "predictions.json").read_text())
+    return json.loads((tmp_path / name / "inference" / "predictions.json").read_text())
 
 
 def test_bundle_inference_takes_clicks_in_original_pixels(spine_data: Path, tmp_path: Path):
-    from monai.bundle import ConfigParser
+    from bundle_workflow import save_untrained_model
 
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "quick.json")])
-    parser["dataset_dir"] = str(spine_data.parent)
     torch.manual_seed(0)
-    net = parser.get_parsed_content("network_def")
-    ckpt = tmp_path / "model.pt"
-    torch.save(net.state_dict(), ckpt)
+    ckpt = save_untrained_model(BUNDLE, tmp_path, dataset_dir=str(spine_data.parent))
 
     test_images = [row["image"] for row in json.loads(spine_data.read_text())["test"]]
     click = {"landmark": 5, "x": 60.25, "y": 140.5}
@@ -183,19 +180,15 @@ def test_bundle_inference_takes_clicks_in_original_pixels(spine_data: Path, tmp_
 
 
 def test_bundle_evaluate_config_writes_both_curves(spine_data: Path, tmp_path: Path):
-    from monai.bundle import ConfigParser, ConfigWorkflow
+    from bundle_workflow import save_untrained_model, workflow_files
+    from monai.bundle import ConfigWorkflow
 
     cfg = BUNDLE / "configs"
-    files = [str(cfg / "train.json"), str(cfg / "evaluate.json"), str(cfg / "quick.json")]
-    parser = ConfigParser()
-    parser.read_config(files)
-    parser["dataset_dir"] = str(spine_data.parent)
     torch.manual_seed(0)
-    (tmp_path / "models").mkdir()
-    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
+    save_untrained_model(BUNDLE, tmp_path, dataset_dir=str(spine_data.parent))
     wf = ConfigWorkflow(
-        config_file=files, meta_file=str(cfg / "metadata.json"), logging_file=str(cfg / "logging.conf"),
-        workflow_type="infer", run_id="evaluating", bundle_root=str(BUNDLE), ckpt_dir=str(tmp_path / "models"),
+        config_file=workflow_files(BUNDLE, ["evaluate.json"]), meta_file=str(cfg / "metadata.json"),
+        logging_file=str(cfg / "logging.conf"), workflow_type="infer", run_id="evaluating", bundle_root=str(tmp_path),
         output_dir=str(tmp_path / "eval"), dataset_dir=str(spine_data.parent), num_clicks=2,
     )
     wf.initialize()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_workflow import bundle_workflow
+from bundle_workflow import bundle_workflow, train_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 KNEEL = REPO / "bundles" / "kneel"
@@ -22,9 +22,7 @@ def _points(folder: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_batched_two_stage_inference_matches_one_image_at_a_time(tmp_path: Path):
-    wf = bundle_workflow(KNEEL, ["train.json"], "training", tmp_path)
-    wf.run()
-    wf.finalize()
+    train_bundle(KNEEL, tmp_path)
     images = json.loads((tmp_path / "data" / "datalist.json").read_text())["test"][:5]
     files = [str(tmp_path / "data" / item["image"]) for item in images]
     from monai_ext.data.readers import LoadRadiographd
@@ -38,7 +36,7 @@ def test_batched_two_stage_inference_matches_one_image_at_a_time(tmp_path: Path)
                              num_overlays=0, **{"dataloader#batch_size": batch})
         wf.run()
         wf.finalize()
-        predictions[batch] = _points(out)
+        predictions[batch] = _points(out / "inference")
     assert sorted(predictions[1]) == sorted(predictions[3]) == sorted(Path(f).name for f in files)
     for name, points in predictions[1].items():
         np.testing.assert_allclose(predictions[3][name], points, atol=1e-3)

@@ -24,6 +24,15 @@ def test_comparison_runs_every_arm(tmp_path: Path):
     assert report["settings"]["num_workers"] == 1 and report["settings"]["section"] == "test"
     arms = report["results"]
     assert len(arms) >= 4  # single stage, two stage (transfer), + refinement, stage 2 from scratch
+    # each arm is a bundle root of its own: the two-stage arm trained both runs (train.json, then stage2.json); the
+    # scratch arm only stage 2 (--init_from_stage1 false), evaluated end to end with the two-stage arm's stage 1
+    cmp = tmp_path / "cmp"
+    assert (cmp / "two_stage" / "models" / "model.pt").is_file()
+    assert (cmp / "two_stage" / "models" / "stage2" / "model.pt").is_file()
+    assert (cmp / "two_stage_scratch" / "models" / "stage2" / "model.pt").is_file()
+    assert not (cmp / "two_stage_scratch" / "models" / "model.pt").exists()
+    assert not (cmp / "single" / "models" / "stage2").exists()
+    assert (cmp / "two_stage_scratch" / "test_refine0" / "groups.json").is_file()
     for arm, parts in arms.items():
         assert "all" in parts and set(parts) - {"all"}, f"{arm}: no per-group rows"
         for row in parts.values():

@@ -108,7 +108,7 @@ def test_stage2_initialised_from_stage1_copies_every_matching_tensor(tmp_path):
     torch.save({"model": stage1.state_dict()}, tmp_path / "wrapped.pt")
     again = KneelHourglass(2, 1, out_channels=8, base_width=4, depth=2)
     assert len(init_from_checkpoint(again, tmp_path / "wrapped.pt")[0]) == len(copied)
-    with pytest.raises(FileNotFoundError, match="training_stage1"):
+    with pytest.raises(FileNotFoundError, match="train stage 1 first"):
         init_from_checkpoint(again, tmp_path / "missing.pt")
 
 

@@ -1,6 +1,6 @@
-"""KNEEL training resumes where it stopped: stage 1 and stage 2 each keep their own resume checkpoint
-(``checkpoint.pt``, ``checkpoint_stage2.pt``: model, optimiser, scheduler, random state), and a run interrupted in
-stage 2 continues there with the losses of the uninterrupted run."""
+"""KNEEL training resumes where it stopped: stage 1 and stage 2 (an overlay on stage 1) each keep their own resume
+checkpoint (``models/checkpoint.pt``, ``models/stage2/checkpoint.pt``: model, optimiser, scheduler, random state), and
+a stage-2 run interrupted after an epoch continues there with the losses of the uninterrupted run."""
 
 from __future__ import annotations
 
@@ -15,16 +15,14 @@ from monai_ext.handlers import loss_from_output
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "kneel"
 
 
-def _losses(tmp: Path, data: Path, stop_stage2_after_epoch: int | None = None, **overrides) -> dict[str, list[float]]:
-    wf = bundle_workflow(BUNDLE, ["train.json"], "training", tmp, max_epochs=2, dataset_dir=str(data), **overrides)
-    losses: dict[str, list[float]] = {"stage1": [], "stage2": []}
-    for stage, engine_id in (("stage1", "train#trainer"), ("stage2", "stage2#train#trainer")):
-        trainer = wf.parser.get_parsed_content(engine_id)
-        trainer.add_event_handler(Events.ITERATION_COMPLETED,
-                                  lambda e, s=stage: losses[s].append(float(loss_from_output(e.state.output))))
-    if stop_stage2_after_epoch is not None:
-        wf.parser.get_parsed_content("stage2#train#trainer").add_event_handler(
-            Events.EPOCH_COMPLETED(once=stop_stage2_after_epoch), lambda e: e.terminate())
+def _losses(tmp: Path, data: Path, stage: str | None, stop_after_epoch: int | None = None, **overrides) -> list[float]:
+    wf = bundle_workflow(BUNDLE, ["train.json"], "training", tmp, stage=stage, max_epochs=2, dataset_dir=str(data),
+                         **overrides)
+    losses: list[float] = []
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(loss_from_output(e.state.output))))
+    if stop_after_epoch is not None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after_epoch), lambda e: e.terminate())
     wf.run()
     wf.finalize()
     return losses
@@ -33,11 +31,13 @@ def _losses(tmp: Path, data: Path, stop_stage2_after_epoch: int | None = None, *
 @pytest.mark.slow
 def test_interrupted_stage2_resumes_with_the_uninterrupted_losses(tmp_path: Path):
     data = tmp_path / "data"
-    full = _losses(tmp_path / "full", data)
-    head = _losses(tmp_path / "split", data, stop_stage2_after_epoch=1)
+    full = {s: _losses(tmp_path / "full", data, stage) for s, stage in (("stage1", None), ("stage2", "stage2.json"))}
+    head = {"stage1": _losses(tmp_path / "split", data, None),
+            "stage2": _losses(tmp_path / "split", data, "stage2.json", stop_after_epoch=1)}
     assert (tmp_path / "split" / "models" / "checkpoint.pt").is_file()
-    assert (tmp_path / "split" / "models" / "checkpoint_stage2.pt").is_file()
-    tail = _losses(tmp_path / "split", data, resume=True)
+    assert (tmp_path / "split" / "models" / "stage2" / "checkpoint.pt").is_file()
+    tail = {"stage1": _losses(tmp_path / "split", data, None, resume=True),
+            "stage2": _losses(tmp_path / "split", data, "stage2.json", resume=True)}
     n1, n2 = len(full["stage1"]), len(full["stage2"])
     assert n1 > 0 and n2 > 0 and n2 % 2 == 0
     assert head["stage1"] == full["stage1"]

@@ -105,18 +105,17 @@ def test_adv_posenet_key_metric_wiring(configs: list[str], key: str, tmp_path):
     from monai_ext.data.synthetic import generate_dataset
 
     datalist = generate_dataset("limbs", tmp_path / "data", n_train=1, n_val=1, n_test=0)
-    parser = ConfigParser()
-    parser.read_config([str(ADV / "configs" / c) for c in configs])
-    parser.update({"bundle_root": str(ADV), "datalist": str(datalist), "ckpt_dir": str(tmp_path / "models")})
+    from monai_ext.bundle import read_config
+
+    parser = read_config([str(ADV / "configs" / c) for c in configs], bundle_root=str(tmp_path), datalist=str(datalist))
     evaluator = parser.get_parsed_content("validate#evaluator")
-    assert list(parser.get_parsed_content("validate#key_metric")) == [key]
-    assert set(parser.get_parsed_content("validate#additional_metrics")) == {"val_pck10", "val_pck20", "val_mre"} - {key}
+    assert list(parser.get_parsed_content("validate#parts#key_metric")) == [key]
+    assert set(parser.get_parsed_content("validate#parts#additional_metrics")) == {"val_pck10", "val_pck20", "val_mre"} - {key}
     assert evaluator.metric_cmp_fn is (lower_is_better if key == "val_mre" else default_metric_cmp_fn)
-    saver = next(i for i, h in enumerate(parser.get("validate#handlers")) if h["_target_"] == "CheckpointSaver")
-    assert parser.get_parsed_content(f"validate#handlers#{saver}#key_metric_negative_sign") is (key == "val_mre")
+    assert parser.get_parsed_content("validate#parts#saver#key_metric_negative_sign") is (key == "val_mre")
     assert parser.get_parsed_content("experiment_params")["key_metric"] == key
     parser.update({"key_metric": "val_nope"})
     parser.parse(True)
     with pytest.raises(RuntimeError) as err:  # MONAI's parser wraps the KeyError of the expression
-        parser.get_parsed_content("validate#key_metric")
+        parser.get_parsed_content("validate#parts#key_metric")
     assert isinstance(err.value.__cause__, KeyError) and "['val_nope']" in str(err.value.__cause__)

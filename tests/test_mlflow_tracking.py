@@ -26,8 +26,12 @@ from monai.utils import path_to_sqlite_uri
 
 mlflow = pytest.importorskip("mlflow")
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
+from bundle_workflow import save_untrained_model
+from conftest import BUNDLES, REPO
+
+from monai_ext.bundle import config_files, training_stages
+from monai_ext.handlers.tracking import scalars_from_output
+
 SETTINGS = REPO / "bundles" / "tracking_mlflow.json"
 SERVER_START_TIMEOUT = 120.0
 
@@ -111,13 +115,19 @@ def _copy_bundle(bundle: Path, dst: Path) -> Path:
 
 
 #: fewer images than the synthetic dataset has: 2 training iterations of 4 images, 4 validation images
-SUBSET = {"train#dataset#data": "$@train#datalist[:8]", "validate#dataset#data": "$@validate#datalist[:4]"}
+SUBSET = {"train#datalist": "$monai_ext.data.load_datalist(@datalist, 'training', @header['landmarks'])[:8]",
+          "validate#datalist": "$monai_ext.data.load_datalist(@datalist, 'validation', @header['landmarks'])[:4]"}
 
 
-def _run(root: Path, configs: list[str], run_id: str, tracking: str, dataset_dir: Path) -> ConfigWorkflow:
+def _files(root: Path, run_id: str, stage: str | None = None) -> list[str]:
+    """The workflow's configs with the quick variant: training (a stage), or evaluation of the trained model."""
+    return config_files(root, "train" if run_id == "training" else "evaluate", ["quick.json"], stage)
+
+
+def _run(root: Path, run_id: str, tracking: str, dataset_dir: Path, stage: str | None = None) -> ConfigWorkflow:
     wf = ConfigWorkflow(
-        **SUBSET,
-        config_file=[str(root / "configs" / c) for c in configs] + [str(root / "configs" / "quick.json")],
+        **(SUBSET if run_id == "training" else {}),
+        config_file=_files(root, run_id, stage),
         meta_file=str(root / "configs" / "metadata.json"),
         logging_file=str(root / "configs" / "logging.conf"),
         workflow_type="train" if run_id == "training" else "infer",
@@ -158,13 +168,14 @@ def _raw_engine(parser, id: str) -> dict:
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
 def test_tracking_settings_patch_every_bundle(bundle: Path, datasets: Path, tmp_path):
-    """The settings wire every bundle: hyper-parameters, the checkpoint for training, the evaluation outputs and a
-    run of its own for evaluation (the model-zoo ids ``evaluator``/``handlers``). No run: only the config is resolved."""
+    """The settings wire every bundle: hyper-parameters and the checkpoint of every training stage, the evaluation
+    outputs and a run of its own for evaluation (its validator with ``standalone_evaluation``) and for inference (the
+    model-zoo ids ``evaluator``/``handlers``). No run: only the config is resolved."""
     root = _copy_bundle(bundle, tmp_path)
 
-    def workflow(configs: list[str], run_id: str) -> ConfigWorkflow:
+    def workflow(run_id: str, stage: str | None = None) -> ConfigWorkflow:
         return ConfigWorkflow(
-            config_file=[str(root / "configs" / c) for c in configs + ["quick.json"]],
+            config_file=_files(root, run_id, stage),
             meta_file=str(root / "configs" / "metadata.json"),
             logging_file=False,
             workflow_type="train" if run_id == "training" else "infer",
@@ -174,43 +185,47 @@ def test_tracking_settings_patch_every_bundle(bundle: Path, datasets: Path, tmp_
             dataset_dir=str(datasets / bundle.name),
         )
 
-    parser = workflow(["train.json"], "training").parser
-    i = len(parser.get("train#handlers")) - 1
-    assert parser.get(f"train#handlers#{i}#_target_").endswith("LandmarkMLFlowHandler")
-    params = parser.get_parsed_content(f"train#handlers#{i}#experiment_param")
-    hyper = parser.get_parsed_content("experiment_params")
-    assert hyper, f"{bundle.name}/configs/train.json defines no 'experiment_params' (hyper-parameters to track)"
-    assert params["bundle"] == bundle.name and all(params[k] == v for k, v in hyper.items())
-    artifacts = parser.get_parsed_content(f"train#handlers#{i}#artifacts")
-    assert len(artifacts) >= 2, f"{bundle.name}: training logs no artifact but the config (set 'tracking_artifacts')"
-    assert any(str(a).endswith(".pt") for a in artifacts), artifacts
+    for stage in training_stages(bundle):  # untrained models with their records, as training writes them
+        save_untrained_model(root, root, stage=stage, dataset_dir=str(datasets / bundle.name))
+    names = set()
+    for stage in training_stages(bundle):
+        parser = workflow("training", stage).parser
+        last = parser.get("train#handlers")[-1]
+        assert last["_target_"].endswith("LandmarkMLFlowHandler"), last
+        i = len(parser.get("train#handlers")) - 1
+        params = parser.get_parsed_content(f"train#handlers#{i}#experiment_param")
+        hyper = parser.get_parsed_content("experiment_params")
+        assert hyper, f"{bundle.name}: no 'experiment_params' (hyper-parameters to track)"
+        assert params["bundle"] == bundle.name and all(params[k] == v for k, v in hyper.items())
+        artifacts = parser.get_parsed_content(f"train#handlers#{i}#artifacts")
+        assert len(artifacts) >= 2, f"{bundle.name}: training logs no artifact but the config (set 'tracking_artifacts')"
+        ckpt = parser.get_parsed_content("ckpt_dir")  # the stage's own best checkpoint
+        assert str(Path(ckpt) / "model.pt") in map(str, artifacts), artifacts
+        names.add(parser.get_parsed_content("tracking_name"))
+        validator = parser.get("validate#handlers")[-1]
+        assert validator["_target_"].endswith("LandmarkMLFlowHandler") and not validator.get("close_on_complete")
+        assert validator["run_name"] == "@run_name", "the validator logs into its trainer's run"
+    assert len(names) == len(training_stages(bundle)), f"{bundle.name}: every training stage needs a run of its own"
 
-    if parser.get("stage2#train#trainer") is not None:  # two-stage bundles: stage 2 is a tracked run of its own
-        for engine, handlers_id in (("trainer", "stage2#train#handlers"), ("validator", "stage2#validate#handlers")):
-            last = parser.get(handlers_id)[-1]
-            assert last["_target_"].endswith("LandmarkMLFlowHandler"), (engine, last)
-            assert last["run_name"] == "@stage2_run_name", engine
-        artifacts = parser.get_parsed_content(f"stage2#train#handlers#{len(parser.get('stage2#train#handlers')) - 1}#artifacts")
-        assert str(artifacts[-1]).endswith("model_stage2.pt"), artifacts
-    else:
-        assert "stage2_trainer" not in parser  # the stage-2 settings add nothing to single-stage bundles
-
-    parser = workflow(["train.json", "evaluate.json"], "evaluating").parser
-    handlers = parser.get("handlers")
-    assert isinstance(handlers, list) and "evaluator" in parser, (
-        f"{bundle.name}/configs/evaluate.json: the evaluation engine must be 'evaluator' with handlers 'handlers' "
-        "(MONAI's ids for tracking evaluation)"
-    )
-    assert _raw_engine(parser, "evaluator")["val_handlers"] == "@handlers"
-    assert handlers[-1]["_target_"].endswith("LandmarkMLFlowHandler") and handlers[-1]["close_on_complete"]
-    artifacts = parser.get_parsed_content(f"handlers#{len(handlers) - 1}#artifacts")
-    assert len(artifacts) >= 2, f"{bundle.name}: evaluation logs no artifact but the config (set 'tracking_artifacts')"
+    for run_id in ("evaluating", "inference"):  # MONAI's ids for tracking: engine 'evaluator', handlers 'handlers'
+        parser = workflow(run_id).parser
+        handlers = parser.get("handlers")
+        assert isinstance(handlers, list) and "evaluator" in parser, f"{bundle.name} {run_id}"
+        assert handlers[-1]["_target_"].endswith("LandmarkMLFlowHandler") and handlers[-1]["close_on_complete"]
+        i = len(handlers) - 1
+        artifacts = parser.get_parsed_content(f"handlers#{i}#artifacts")
+        assert len(artifacts) >= 2, f"{bundle.name} {run_id}: logs no artifact but the config (set 'tracking_artifacts')"
+        assert parser.get_parsed_content(f"handlers#{i}#experiment_param")["bundle"] == bundle.name
+        # the engine runs the handlers of 'handlers' (its tracker), not the training validator's
+        engine, tracker = parser.get_parsed_content("evaluator"), parser.get_parsed_content(f"handlers#{i}")
+        attached = {getattr(h[0], "__self__", None) for hs in engine._event_handlers.values() for h in hs}
+        assert tracker in attached and not attached & set(parser.get_parsed_content("validate#handlers")), run_id
 
 
 @pytest.mark.slow
 def test_default_mlflow_tracking_sqlite_scn_train_and_evaluate(datasets: Path, tmp_path):
     root = _copy_bundle(REPO / "bundles" / "scn", tmp_path)
-    _run(root, ["train.json"], "training", "mlflow", datasets / "scn")
+    _run(root, "training", "mlflow", datasets / "scn")
     db = root / "eval" / "mlruns.db"  # MONAI's default: SQLite under output_dir
     assert db.is_file()
     client = mlflow.MlflowClient(path_to_sqlite_uri(str(db)))
@@ -221,7 +236,7 @@ def test_default_mlflow_tracking_sqlite_scn_train_and_evaluate(datasets: Path, t
     assert {"val_mre", "val_sdr2", "val_sdr2.5", "val_sdr20"} <= set(train_run.data.metrics)
 
     # evaluation with the plain settings: its own run, finished, with the executed config
-    _run(root, ["train.json", "evaluate.json"], "evaluating", "mlflow", datasets / "scn")
+    _run(root, "evaluating", "mlflow", datasets / "scn")
     runs = client.search_runs([exp.experiment_id])
     (eval_run,) = [r for r in runs if r.info.run_id != train_run.info.run_id]
     assert eval_run.info.status == "FINISHED"
@@ -229,9 +244,9 @@ def test_default_mlflow_tracking_sqlite_scn_train_and_evaluate(datasets: Path, t
     assert any(f.startswith("config_") for f in _artifacts(client, eval_run.info.run_id))
 
     # evaluation with the project's settings: params, overlays and summaries as artifacts, in the same database
-    _run(root, ["train.json", "evaluate.json"], "evaluating", str(SETTINGS), datasets / "scn")
+    _run(root, "evaluating", str(SETTINGS), datasets / "scn")
     run = _only_run(client, "scn")
-    assert run.data.params["eval_section"] == "validation"
+    assert run.data.params["eval_section"] == "test"  # the split checkpoint selection never saw
     assert run.data.tags["engine"] == "evaluator"
     files = _artifacts(client, run.info.run_id)
     assert {"evaluation/summary.json", "evaluation/predictions.json", "evaluation/per_landmark.csv"} <= set(files)
@@ -248,7 +263,7 @@ def test_tracking_settings_log_to_mlflow_server(mlflow_server: _MLflowServer, da
     (tmp_path / "tracking.json").write_text(json.dumps(settings))
     mlflow_server.wait_ready()
 
-    wf = _run(root, ["train.json"], "training", str(tmp_path / "tracking.json"), datasets / bundle.name)
+    wf = _run(root, "training", str(tmp_path / "tracking.json"), datasets / bundle.name)
 
     client = mlflow.MlflowClient(mlflow_server.url)
     run = _only_run(client, bundle.name)  # experiment named after the bundle folder
@@ -257,15 +272,16 @@ def test_tracking_settings_log_to_mlflow_server(mlflow_server: _MLflowServer, da
     assert params["bundle"] == tags["bundle"] == bundle.name
     assert params["bundle_version"] == tags["bundle_version"] == meta["version"]
     hyper = wf.parser.get_parsed_content("experiment_params")
-    assert {"learning_rate", "batch_size", "spatial_size", "max_epochs", "local_filters"} <= set(hyper)
+    assert {"learning_rate", "batch_size", "spatial_size", "max_epochs", "network"} <= set(hyper)
     for key, value in hyper.items():
         assert params[key] == str(value), key
+    assert "'local_filters': 16" in params["network"]  # the resolved network definition, quick.json's width
     assert (params["max_epochs"], params["spatial_size"]) == ("1", "[64, 64]")  # quick.json's values
 
     trainer = wf.parser.get_parsed_content("train#trainer")
     losses = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in losses] == list(range(1, trainer.state.iteration + 1))  # one per iteration
-    key_metric = next(iter(wf.parser.get_parsed_content("validate#key_metric")))
+    key_metric = next(iter(wf.parser.get_parsed_content("validate#parts#key_metric")))
     for name in [key_metric] + [f"val_sdr{r:g}" for r in hyper["radii"]]:  # mm metrics, one value per epoch
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1], name
 
@@ -277,49 +293,36 @@ def test_tracking_settings_log_to_mlflow_server(mlflow_server: _MLflowServer, da
     assert json.loads(Path(local).read_text())["network_def"], "the executed config lacks network_def"
 
 
-#: the scalar losses each bundle's trainer logs per iteration (the adversarial engine: all five terms)
-TRAIN_LOSSES = {
-    "adv_posenet": {"train_mse", "train_adv_P", "train_adv_C", "train_d_P", "train_d_C"},
-    "kneel": {"train_loss"},
-    "interactive_kp": {"train_loss"},
-}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(TRAIN_LOSSES))
-def test_default_mlflow_tracking_sqlite_other_bundles(name: str, datasets: Path, tmp_path):
-    """Tracking into SQLite under the bundle's eval dir on every other bundle: a finished training run with the
-    losses per iteration and the validation metrics per epoch, then an evaluation run of its own. interactive_kp
-    with MONAI's ``--tracking mlflow``; adv_posenet with the project's settings (all five adversarial losses) and KNEEL
-    with them too (its stage-2 training is a run of its own)."""
-    root = _copy_bundle(REPO / "bundles" / name, tmp_path)
-    tracking = "mlflow" if name == "interactive_kp" else str(SETTINGS)
-    wf = _run(root, ["train.json"], "training", tracking, datasets / name)
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_tracking_settings_sqlite_every_bundle(bundle: Path, datasets: Path, tmp_path):
+    """Tracking into SQLite under the bundle's eval dir on every bundle with the project's settings: for every
+    training stage a finished run with each scalar loss of its trainer per iteration (the adversarial engine: all five
+    terms) and the validation metrics per epoch, then an evaluation run of its own."""
+    root = _copy_bundle(bundle, tmp_path)
     db = root / "eval" / "mlruns.db"
-    assert db.is_file()
-    client = mlflow.MlflowClient(path_to_sqlite_uri(str(db)))
-    exp = client.get_experiment_by_name("monai_experiment" if tracking == "mlflow" else name)
-    runs = client.search_runs([exp.experiment_id])
-    assert runs and all(r.info.status == "FINISHED" for r in runs)
-    first = min(runs, key=lambda r: r.info.start_time)
-    trainer = wf.parser.get_parsed_content("train#trainer")
-    for loss in TRAIN_LOSSES[name]:
-        assert len(client.get_metric_history(first.info.run_id, loss)) == trainer.state.iteration, loss
-    key_metric = next(iter(wf.parser.get_parsed_content("validate#key_metric")))
-    assert key_metric in first.data.metrics, sorted(first.data.metrics)
-    if name == "kneel":
-        (stage2,) = [r for r in runs if r.info.run_name.startswith("kneel-stage2_")]
-        assert stage2.data.tags["engine"] == "stage2_trainer"
-        stage2_trainer = wf.parser.get_parsed_content("stage2#train#trainer")
-        assert len(client.get_metric_history(stage2.info.run_id, "train_loss")) == stage2_trainer.state.iteration
-        assert key_metric in stage2.data.metrics
-        assert "model_stage2.pt" in _artifacts(client, stage2.info.run_id)
-    else:
-        assert len(runs) == 1
+    runs_before = 0
+    for stage in training_stages(bundle):
+        wf = _run(root, "training", str(SETTINGS), datasets / bundle.name, stage)
+        assert db.is_file()
+        client = mlflow.MlflowClient(path_to_sqlite_uri(str(db)))
+        exp = client.get_experiment_by_name(bundle.name)
+        runs = client.search_runs([exp.experiment_id])
+        assert len(runs) == runs_before + 1 and all(r.info.status == "FINISHED" for r in runs)
+        runs_before = len(runs)
+        run = max(runs, key=lambda r: r.info.start_time)
+        assert run.info.run_name.startswith(wf.parser.get_parsed_content("tracking_name") + "_")
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        losses = set(scalars_from_output(trainer.state.output))
+        assert losses, f"{bundle.name}: the trainer logs no scalar loss"
+        for loss in losses:
+            assert len(client.get_metric_history(run.info.run_id, loss)) == trainer.state.iteration, loss
+        key_metric = next(iter(wf.parser.get_parsed_content("validate#parts#key_metric")))
+        assert key_metric in run.data.metrics, sorted(run.data.metrics)
+        assert "model.pt" in _artifacts(client, run.info.run_id)
 
-    n_before = len(runs)
-    _run(root, ["train.json", "evaluate.json"], "evaluating", tracking, datasets / name)
+    _run(root, "evaluating", str(SETTINGS), datasets / bundle.name)
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == n_before + 1
+    assert len(runs) == runs_before + 1
     newest = max(runs, key=lambda r: r.info.start_time)
-    assert newest.info.status == "FINISHED" and newest.data.metrics
+    assert newest.info.status == "FINISHED" and newest.data.metrics and newest.data.tags["engine"] == "evaluator"

@@ -1,8 +1,11 @@
-"""The MONAI Label app (``monailabel_app/``): landmark label helpers, the training task's datalist, a 1-epoch
-training from a datastore, and a real server answering ``/info/`` and ``/infer/scn`` with landmarks in the
-original image's pixels, the same points as the bundle's own inference, and ``/infer/interactive_kp`` with clicks
-(clicked landmarks at their clicks, bad clicks answered with a message). Skipped when monailabel is not installed
-(``requirements-monailabel.txt``). The bundles are copies in tmp_path (small networks, random weights)."""
+"""The MONAI Label app (``monailabel_app/``): landmark label helpers, bundle discovery, the training task's datalist
+and config, a 1-epoch training from a datastore (from another working directory, and under torchrun), the inference
+task serving a trained model from its own record (names and network as trained, no override), clear errors for a
+model that does not load and for bad options, and a real server answering ``/info/`` and ``/infer/scn`` with
+landmarks in the original image's pixels, the same points as the bundle's own inference, and
+``/infer/interactive_kp`` with clicks (clicked landmarks at their clicks, bad clicks answered with a message).
+Skipped when monailabel is not installed (``requirements-monailabel.txt``). The bundles are copies in tmp_path,
+trained there for one epoch with their quick.json (``tests/bundle_workflow.py``)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,8 +32,10 @@ pytest.importorskip("monailabel", reason="MONAI Label is not installed (requirem
 import nibabel as nib  # noqa: E402
 import pydicom  # noqa: E402
 import torch  # noqa: E402
-from monai.bundle import ConfigParser, ConfigWorkflow  # noqa: E402
+from bundle_workflow import bundle_workflow, train_bundle  # noqa: E402
+from conftest import BUNDLES  # noqa: E402
 
+from monai_ext.bundle import ModelConfig  # noqa: E402
 from monai_ext.data.synthetic import ensure_dataset, generate_dataset  # noqa: E402
 from monai_ext.errors import LandmarkDataError  # noqa: E402
 
@@ -48,6 +54,7 @@ from lib.landmarks import (  # noqa: E402
 )
 
 SERVER_START_TIMEOUT = 180.0
+TORCHRUN_TIMEOUT = 300.0
 
 
 def _free_port() -> int:
@@ -112,31 +119,68 @@ def test_clicks_by_index_resolves_landmark_names():
 def test_find_bundles_names_a_missing_bundle(tmp_path):
     from main import find_bundles
 
-    (tmp_path / "b1" / "configs").mkdir(parents=True)
-    (tmp_path / "b1" / "configs" / "inference.json").write_text("{}")
+    for name in ["b1", "b2_no_metadata"]:
+        (tmp_path / name / "configs").mkdir(parents=True)
+        (tmp_path / name / "configs" / "train.json").write_text("{}")
+    (tmp_path / "b1" / "configs" / "metadata.json").write_text("{}")
+    (tmp_path / "common" / "configs").mkdir(parents=True)  # the shared skeleton is not a bundle
+    (tmp_path / "common" / "configs" / "train.json").write_text("{}")
     (tmp_path / "no_configs").mkdir()
     assert list(find_bundles(tmp_path)) == ["b1"] == list(find_bundles(tmp_path, "all"))
     with pytest.raises(ValueError, match="b2"):
         find_bundles(tmp_path, "b1,b2")
+    assert list(find_bundles(REPO / "bundles")) == [b.name for b in BUNDLES]
+
+
+def test_takes_clicks_reads_the_inference_composition():
+    from lib.infers import takes_clicks
+
+    assert [b.name for b in BUNDLES if takes_clicks(b)] == ["interactive_kp"]  # its clicks.json
+
+
+def test_bundles_trained_in_stages_are_not_served():
+    """MONAI Label loads and trains one model: a two-stage bundle (KNEEL) is skipped with the reason."""
+    from lib.infers import LandmarkInferTask
+    from lib.trainers import LandmarkTrainTask
+
+    from monai_ext.bundle import training_stages
+
+    staged = [b for b in BUNDLES if len(training_stages(b)) > 1]
+    assert staged, "no two-stage bundle left to check"
+    for bundle in staged:
+        for task in (LandmarkInferTask(str(bundle), {}), LandmarkTrainTask(str(bundle), {})):
+            assert not task.is_valid() and "stages" in task.error, task.error
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_train_task_overrides_ids_the_bundle_has(bundle, tmp_path, monkeypatch):
+    """MONAI Label sets the epochs, the datalists, the handlers, the device and the bundle root of a training: every
+    bundle's training config has those ids, read from any working directory (no silent no-op override)."""
+    from lib.trainers import LandmarkTrainConstants, train_config
+
+    monkeypatch.chdir(tmp_path)
+    const = LandmarkTrainConstants()
+    parser = train_config(bundle)
+    ids = [const.key_train_trainer_max_epochs(), const.key_train_dataset_data(), const.key_validate_dataset_data(),
+           const.key_train_handlers(), const.key_network(), const.key_network_def(), const.key_device(),
+           const.key_bundle_root(), "header"]
+    assert [i for i in ids if i not in parser] == []
+    assert parser["bundle_root"] == str(bundle)
+    parser.resolve_macro_and_relative_ids()  # the skeleton is found from here
+    assert parser["train"]["trainer"]["max_epochs"] == "@max_epochs"
+    assert parser["train"]["parts"]["dataset"]["data"] == "@train#datalist"
+    assert parser["validate"]["parts"]["dataset"]["data"] == "@validate#datalist"
 
 
 # -------------------------------------------------------------------------------- served copies of the bundles
-def _small_bundle(name: str, dest: Path, dataset_dir: Path) -> Path:
-    """A copy of ``bundles/<name>`` in ``dest`` with its quick.json merged into inference.json and train.json, its
-    data from ``dataset_dir`` and random weights (seed 0) as ``models/model.pt``."""
+def _trained_bundle(name: str, dest: Path, **overrides) -> Path:
+    """A copy of ``bundles/<name>/configs`` in ``dest/<name>``, trained there for one epoch with its quick.json
+    (``train_bundle``; ``overrides`` as on the command line): its ``models/model.pt`` carries the network and the
+    values it was trained with, which the app serves with no override."""
     bundle = dest / name
     shutil.copytree(REPO / "bundles" / name / "configs", bundle / "configs")
-    for config in ["inference.json", "train.json"]:
-        parser = ConfigParser()
-        parser.read_config([str(bundle / "configs" / config), str(bundle / "configs" / "quick.json")])
-        parser["dataset_dir"] = str(dataset_dir)
-        merged = {k: v for k, v in parser.get().items() if k != "_meta_"}
-        ConfigParser.export_config_file(merged, str(bundle / "configs" / config), indent=1)
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    torch.manual_seed(0)
-    (bundle / "models").mkdir()
-    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+    train_bundle(bundle, bundle, **overrides)
+    assert (bundle / "models" / "model.pt").is_file(), "training wrote no model"
     return bundle
 
 
@@ -154,17 +198,17 @@ def _crop_dicom(source: Path, target: Path, width: int, height: int, spacing: li
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> dict:
-    """Small copies of bundles/scn (on the synthetic hand dataset it names its landmarks from) and
-    bundles/interactive_kp (one synthetic spine), and a studies folder with one square hand DICOM and one spine
+    """Small trained copies of bundles/scn (on the synthetic hand dataset it names its landmarks from) and
+    bundles/interactive_kp (on the synthetic spines), and a studies folder with one square hand DICOM and one spine
     DICOM of width:height 1:2 (square pixels). Both fill their network input (64x64, 64x128) without padding, so
-    even a random model predicts inside the image."""
+    even a barely trained model predicts inside the image."""
     tmp = tmp_path_factory.mktemp("monailabel")
     data = tmp / "data"
     datalist = ensure_dataset("hand", data)
-    bundle = _small_bundle("scn", tmp / "bundles", data)
+    bundle = _trained_bundle("scn", tmp / "bundles", dataset_dir=str(data))
     spine = tmp / "spine"
-    spine_datalist = generate_dataset("spine", spine, n_train=0, n_val=1, n_test=0, seed=0)
-    interactive = _small_bundle("interactive_kp", tmp / "bundles", spine)
+    spine_datalist = ensure_dataset("spine", spine)
+    interactive = _trained_bundle("interactive_kp", tmp / "bundles", dataset_dir=str(spine))
 
     studies = tmp / "studies"
     studies.mkdir()
@@ -213,18 +257,139 @@ def test_train_task_reads_landmarks_from_the_datastore(served, tmp_path):
         np.testing.assert_allclose(got, expected, atol=0.5)  # disc centroids (interior landmarks)
 
 
-@pytest.mark.slow
-def test_train_task_trains_one_epoch_from_the_datastore(served, tmp_path):
+def _train_from_datastore(served: dict, tmp_path: Path, request: dict) -> tuple[Path, dict]:
+    """Train a copy of the served SCN bundle on a datastore of 8 labelled images with ``request`` from ``tmp_path``
+    as working directory (not the repository's: the skeleton's macros are found all the same); the copy and the
+    served model's record."""
     from lib.trainers import LandmarkTrainTask
 
     bundle = tmp_path / "scn"
     shutil.copytree(served["bundle"], bundle)  # training writes the bundle's models/
+    record = ModelConfig.load(bundle / "models" / "model.pt").config
     before = (bundle / "models" / "model.pt").stat().st_mtime_ns
     store, _ = _label_studies(served, tmp_path / "studies", 8)
-    task = LandmarkTrainTask(str(bundle), {})
-    task({"model": "scn", "max_epochs": 1, "device": "cpu", "val_split": 0.25, "tracking": "None",
-          "multi_gpu": False, "pretrained": True}, store)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        task = LandmarkTrainTask(str(bundle), {})
+        task({"model": "scn", "max_epochs": 1, "device": "cpu", "val_split": 0.25, "tracking": "None",
+              "pretrained": True, **request}, store)
+    finally:
+        os.chdir(cwd)
     assert (bundle / "models" / "model.pt").stat().st_mtime_ns > before, "training saved no best checkpoint"
+    assert not (bundle / "configs" / "monailabel_train.json").exists()
+    return bundle, record
+
+
+@pytest.mark.slow
+def test_train_task_trains_one_epoch_from_the_datastore(served, tmp_path):
+    bundle, served_record = _train_from_datastore(served, tmp_path, {"multi_gpu": False})
+    # pretrained: the served model was trained further: its network and values, its landmarks
+    record = ModelConfig.load(bundle / "models" / "model.pt").config
+    assert record["network_def"] == served_record["network_def"]
+    assert record["values"] == served_record["values"]
+    assert json.loads((bundle / "models" / "model_config.json").read_text()) == record  # the workflow's initialize ran
+
+
+def _run_in_session(cmd: list[str], env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` for the app's torchrun, in a session of its own that is killed whole after
+    ``TORCHRUN_TIMEOUT`` (a stuck rank fails the test instead of hanging it)."""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        return subprocess.CompletedProcess(cmd, proc.wait(timeout=TORCHRUN_TIMEOUT))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"torchrun did not finish in {TORCHRUN_TIMEOUT} s: {cmd}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() == 1, reason="two ranks need two GPUs, or none (gloo on the CPU)")
+def test_train_task_trains_under_torchrun_with_train_json_alone(served, tmp_path, monkeypatch):
+    """MONAI Label's multi-GPU path (forced here: two CPU ranks with gloo without GPUs) runs train.json itself under
+    torchrun: the bundles have no multi_gpu_train.json."""
+    import lib.trainers
+
+    monkeypatch.setattr(lib.trainers, "subprocess", types.SimpleNamespace(run=_run_in_session))
+    bundle, served_record = _train_from_datastore(served, tmp_path, {"multi_gpu": True, "force_multi_gpu": True,
+                                                                     "gpus": "0,1"})
+    assert ModelConfig.load(bundle / "models" / "model.pt").config["network_def"] == served_record["network_def"]
+
+
+# ------------------------------------------------------------------------------------------ the inference task
+@pytest.mark.slow
+def test_infer_task_serves_a_model_trained_with_overrides(tmp_path):
+    """A model trained with overrides (input size, network width) on a datalist whose landmark names are not the
+    synthetic default is served with NO override: network, input size and names come from its record."""
+    from lib.infers import LandmarkInferTask
+
+    from monai_ext.networks import network_definition
+
+    datalist = generate_dataset("hand", tmp_path / "data", n_train=4, n_val=2, n_test=0, seed=3)
+    doc = json.loads(datalist.read_text())
+    names = [f"renamed_{k:02d}" for k in range(len(doc["landmarks"]))]
+    datalist.write_text(json.dumps({**doc, "landmarks": names}))
+    bundle = _trained_bundle("scn", tmp_path / "bundles", datalist=str(datalist), spatial_size=[64, 96],
+                             **{"network_def#local_filters": 8})
+
+    task = LandmarkInferTask(str(bundle), {})
+    assert task.is_valid(), task.error
+    assert task.landmark_names == names and list(task.labels) == names
+    assert task.bundle_config.get_parsed_content("spatial_size") == [64, 96]
+    assert network_definition(task.network)["local_filters"] == 8
+    image = datalist.parent / doc["validation"][0]["image"]
+    _, result = task({"image": str(image), "device": "cpu", "landmark_label": False})
+    assert [p["name"] for p in result["landmarks"]] == names
+    assert np.isfinite([[p["x"], p["y"]] for p in result["landmarks"]]).all()
+
+
+def _replace_model(path: Path, checkpoint) -> None:
+    """Write ``checkpoint`` as ``path`` with a later modification time (a model replaced while served)."""
+    stamp = path.stat().st_mtime_ns
+    torch.save(checkpoint, path)
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+
+
+def test_infer_task_reports_bad_options_and_a_model_that_does_not_load(served, tmp_path):
+    from fastapi import HTTPException
+    from lib.infers import LandmarkInferTask
+
+    bundle = tmp_path / "scn"
+    shutil.copytree(served["bundle"], bundle)
+    task = LandmarkInferTask(str(bundle), {})
+    assert task.is_valid(), task.error
+    image = str(served["studies"] / "square.dcm")
+    _, result = task({"image": image, "device": "cpu", "landmark_label": False})
+    assert len(result["landmarks"]) == len(task.landmark_names)
+
+    # bad options: 422 naming the image, the option and the value
+    for option, message in [({"label_radius": -1}, r"label_radius must be a positive number.*-1"),
+                            ({"result_extension": ".jpg"}, r"result_extension must be one of .*'\.jpg'"),
+                            ({"device": "no_such_device"}, r"device 'no_such_device' is not a device"),
+                            ({"spacing": [0, 1]}, r"invalid spacing")]:
+        with pytest.raises(HTTPException) as info:
+            task({"image": image, "device": "cpu", **option})
+        assert info.value.status_code == 422, info.value.detail
+        assert re.search(message, info.value.detail) and "square.dcm" in info.value.detail, info.value.detail
+
+    # weights that do not fit the network of the model's record: 500 naming the model and the keys
+    model = bundle / "models" / "model.pt"
+    checkpoint = torch.load(model, weights_only=True)
+    missing = sorted(checkpoint["model"])[0]
+    del checkpoint["model"][missing]
+    _replace_model(model, checkpoint)
+    with pytest.raises(HTTPException) as info:
+        task({"image": image, "device": "cpu"})
+    assert info.value.status_code == 500
+    assert str(model) in info.value.detail and missing in info.value.detail, info.value.detail
+
+    # a checkpoint without the model's record (weights only): not served, and the error says why
+    _replace_model(model, checkpoint["model"])
+    with pytest.raises(HTTPException) as info:
+        task({"image": image, "device": "cpu"})
+    assert info.value.status_code == 500 and "holds no 'model_config'" in info.value.detail, info.value.detail
+    task = LandmarkInferTask(str(bundle), {})
+    assert not task.is_valid() and "holds no 'model_config'" in task.error
 
 
 # ------------------------------------------------------------------------------------------------- the server
@@ -235,13 +400,15 @@ def server(served):
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "bin", "model"))
     env = dict(os.environ, MONAI_LABEL_SESSION_PATH=str(tmp / "sessions"), MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
                MONAI_LABEL_TRACKING_ENABLED="false")
+    cwd = tmp / "cwd"  # the server's working directory is not the repository; an empty folder, as MONAI Label
+    cwd.mkdir()  # would take an image id naming a file or folder there for that path
     log = open(tmp / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(served["studies"]),
          "--conf", "models", "scn,interactive_kp", "--conf", "bundles_dir", str(served["bundle"].parent),
          "--conf", "zoo_source",
          "local", "--conf", "sam2", "false", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=str(cwd),
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -309,15 +476,13 @@ def test_server_infers_landmarks_in_original_pixels(served, server, tmp_path):
     assert given["spacing"] == [0.5, 0.25] and given["spacing_source"] == "datalist"
     assert given["landmarks"][0]["y_mm"] == pytest.approx(given["landmarks"][0]["y"] * 0.25)
 
-    # the bundle's own inference gives the same points for the same file
+    # the bundle's own inference (its inference composition, no override) gives the same points
     bundle = served["bundle"]
-    wf = ConfigWorkflow(config_file=str(bundle / "configs" / "inference.json"),
-                        meta_file=str(bundle / "configs" / "metadata.json"), logging_file=False,
-                        workflow_type="infer", bundle_root=str(bundle), input=str(served["studies"] / "square.dcm"),
-                        ckpt_path=str(bundle / "models" / "model.pt"), output_dir=str(tmp_path / "inference"))
-    wf.initialize()
+    wf = bundle_workflow(bundle, ["inference.json"], "inference", bundle, quick=False,
+                         input=str(served["studies"] / "square.dcm"), output_dir=str(tmp_path / "eval"))
     wf.run()
-    (record,) = json.loads((tmp_path / "inference" / "predictions.json").read_text())["predictions"]
+    wf.finalize()
+    (record,) = json.loads((tmp_path / "eval" / "inference" / "predictions.json").read_text())["predictions"]
     expected = np.array([[p["x"], p["y"]] for p in record["landmarks"]])
     got = np.array([[p["x"], p["y"]] for p in result["landmarks"]])
     np.testing.assert_allclose(got, expected, atol=1e-3)

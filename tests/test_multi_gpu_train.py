@@ -1,5 +1,6 @@
-"""``configs/multi_gpu_train.json`` of every bundle, on CPU: ``torchrun --standalone --nproc_per_node=2 -m monai.bundle
-run training`` with ``quick.json`` (one tiny synthetic epoch per stage), the gloo backend, outputs in a temp dir.
+"""Distributed training of every bundle, on CPU: ``torchrun --standalone --nproc_per_node=2 -m monai.bundle run
+training`` of each training stage with ``quick.json`` (one tiny synthetic epoch), the gloo backend, outputs in a temp
+dir. No overlay: under torchrun the workflows run distributed by themselves (``monai_ext.utils.distributed_launch``).
 
 Both ranks must train on their half of the training set (DistributedSampler), report the same validation metrics
 (gathered across ranks), and only rank 0 may write checkpoints, which must load without DDP's ``module.`` prefix.
@@ -17,30 +18,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from conftest import BUNDLES, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
+from monai_ext.bundle import config_files, read_config, training_stages
+
 NPROC = 2
 TIMEOUT = 600
 ITERATION = re.compile(r"Epoch: \d+/\d+, Iter: (\d+)/(\d+) --")
 METRICS = re.compile(r"Epoch\[\d+\] Metrics -- (.*)")
 SAVED = "monai_ext.handlers.checkpoint - INFO - saved"
-STAGE_BATCH_SIZES = ("batch_size", "stage2#batch_size")  # config ids of the training stages' batch sizes
+def configs(bundle: Path, stage: str | None) -> list[str]:
+    return config_files(bundle, "train", ["quick.json"], stage)
 
 
-def configs(bundle: Path) -> list[str]:
-    return [str(bundle / "configs" / f) for f in ("train.json", "quick.json", "multi_gpu_train.json")]
-
-
-def expected_iterations(bundle: Path, num_training: int) -> list[int]:
-    """Iterations of every epoch, stage after stage, on one rank: the DistributedSampler (``even_divisible``) gives
-    every rank ``ceil(n / NPROC)`` images, batched by the stage's batch size (one process would run twice as many)."""
-    parser = ConfigParser()
-    parser.read_config(configs(bundle))
+def expected_iterations(bundle: Path, stage: str | None, num_training: int) -> list[int]:
+    """Iterations of every epoch of a stage on one rank: the DistributedSampler (``even_divisible``) gives every rank
+    ``ceil(n / NPROC)`` images, batched by the stage's batch size (one process would run twice as many)."""
+    parser = read_config(configs(bundle, stage))
     per_rank = math.ceil(num_training / NPROC)
-    stages = [math.ceil(per_rank / parser.get_parsed_content(k)) for k in STAGE_BATCH_SIZES if k in parser]
-    return [n for n in stages for _ in range(parser.get_parsed_content("max_epochs"))]
+    return [math.ceil(per_rank / parser.get_parsed_content("batch_size"))] * parser.get_parsed_content("max_epochs")
 
 
 def epochs(log: str) -> list[list[tuple[int, int]]]:
@@ -60,38 +56,41 @@ def rank_log(log_dir: Path, rank: int) -> str:
     return logs[0].read_text()
 
 
-CUDNN_BUNDLES = ("scn", "kneel", "interactive_kp")  # bundles with the cudnn_benchmark switch
-
-
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
-def test_multi_gpu_initialize_keeps_the_cudnn_switch(bundle: Path):
-    """The multi-GPU ``initialize`` replaces train.json's: it must still set cudnn (after set_determinism, which
-    resets it)."""
-    single, multi = ConfigParser(), ConfigParser()
-    single.read_config(str(bundle / "configs" / "train.json"))
-    multi.read_config(configs(bundle))
-    lines, merged = [x for x in single["initialize"] if "cudnn" in x], list(multi["initialize"])
-    assert bool(lines) == (bundle.name in CUDNN_BUNDLES), f"{bundle.name}: train.json initialize cudnn lines {lines}"
-    determinism = [i for i, x in enumerate(merged) if "set_determinism" in x]
-    assert determinism, f"{bundle.name}: no set_determinism in the multi-GPU initialize {merged}"
-    for line in lines:
-        assert line in merged and merged.index(line) > determinism[-1], f"{bundle.name}: {line!r} missing or early"
+def test_initialize_sets_cudnn_after_determinism(bundle: Path, monkeypatch: pytest.MonkeyPatch):
+    """Every training stage initialises through ``monai_ext.utils.initialize_workflow`` (process group under torchrun,
+    seeds, then the cudnn switch, which set_determinism would reset): ``--cudnn_benchmark True`` is on afterwards."""
+    import torch.backends.cudnn as cudnn
+
+    for stage in training_stages(bundle):
+        parser = read_config(configs(bundle, stage), cudnn_benchmark=True)
+        parser.resolve_macro_and_relative_ids()
+        init = parser.get("initialize")
+        assert any("initialize_workflow(" in x and "@cudnn_benchmark" in x for x in init), f"{bundle.name}: {init}"
+        monkeypatch.setattr(cudnn, "benchmark", False)
+        parser.get_parsed_content("initialize#0")
+        assert cudnn.benchmark is True and cudnn.deterministic is False
+    monkeypatch.setattr(cudnn, "deterministic", False)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
 def test_multi_gpu_train_two_cpu_processes(bundle: Path, tmp_path: Path):
-    log_dir = tmp_path / "logs"
+    for stage in training_stages(bundle):
+        _check_distributed_stage(bundle, stage, tmp_path)
+
+
+def _check_distributed_stage(bundle: Path, stage: str | None, tmp_path: Path) -> None:
+    log_dir = tmp_path / f"logs_{stage or 'train'}"
     args = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
         "--log-dir", str(log_dir), "--redirects", "3",
-        "-m", "monai.bundle", "run", "training", "--config_file", repr(configs(bundle)),
-        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
-        "--dataset_dir", str(tmp_path / "data"),
+        "-m", "monai.bundle", "run", "training", "--config_file", repr(configs(bundle, stage)),
+        "--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",  # CPU processes: the gloo backend
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, (
         f"torchrun exited {result.returncode}:\n{result.stderr[-3000:]}\n"
         + "".join(f"--- rank {r} stderr\n{p.read_text()[-3000:]}" for r, p in
@@ -99,9 +98,9 @@ def test_multi_gpu_train_two_cpu_processes(bundle: Path, tmp_path: Path):
     )
     logs = [rank_log(log_dir, r) for r in range(NPROC)]
 
-    # every rank ran every stage on its share of the data
+    # every rank ran the stage on its share of the data
     num_training = len(json.loads((tmp_path / "data" / "datalist.json").read_text())["training"])
-    expected = expected_iterations(bundle, num_training)
+    expected = expected_iterations(bundle, stage, num_training)
     for rank, log in enumerate(logs):
         runs = epochs(log)
         totals = [epoch[0][1] for epoch in runs]
@@ -113,15 +112,14 @@ def test_multi_gpu_train_two_cpu_processes(bundle: Path, tmp_path: Path):
     metrics = [METRICS.findall(log) for log in logs]
     assert metrics[0] and metrics[0] == metrics[1], f"validation metrics differ between ranks: {metrics}"
 
-    # only rank 0 writes; the best-metric weights (model.pt, model_stage2.pt) are the bare network's state_dict
+    # only rank 0 writes; the best-metric weights are the bare network's state_dict, with the model's record
     assert SAVED not in logs[1], "rank 1 wrote a checkpoint"
-    ckpts = sorted((tmp_path / "models").glob("model*.pt"))
-    assert tmp_path / "models" / "model.pt" in ckpts, f"no model.pt written, found {ckpts}"
-    for ckpt in ckpts:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        assert state and not any(k.startswith("module.") for k in state), f"{ckpt.name} holds the DDP wrapper's keys"
-    # the resume checkpoints too: every network in them loads into a plain (unwrapped) network
-    resume = sorted((tmp_path / "models").glob("checkpoint*.pt"))
+    models = tmp_path / "models" / ("stage2" if stage else "")
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    assert state["model"] and not any(k.startswith("module.") for k in state["model"]), "model.pt holds DDP's keys"
+    assert state["model_config"]["network_def"]["_target_"], "model.pt lacks the model's record"
+    # the resume checkpoint too: every network in it loads into a plain (unwrapped) network
+    resume = sorted(models.glob("checkpoint*.pt"))
     assert resume, "no resume checkpoint written"
     for path in resume:
         for key, value in torch.load(path, map_location="cpu", weights_only=True).items():

@@ -1,5 +1,6 @@
 """Synthetic occlusions (blob over a landmark, cropped field of view), the occluded/visible metric subsets, the
-bundle's evaluate_occlusion.json and the occlusion study script end to end on tiny data."""
+bundle's evaluate_occlusion.json (after its evaluation composition, with a trained model's record) and the occlusion
+study script end to end on tiny data."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
+from monai_ext.bundle import config_files, read_config
 from monai_ext.data.readers import spacing_affine
 from monai_ext.transforms.occlusion import (
     BlobOcclusion,
@@ -252,19 +253,33 @@ def test_insert_occlusion_goes_before_the_fitting_step():
         insert_occlusion([first], occ)
 
 
+def _untrained_checkpoint(path: Path, datalist: Path, seed: int) -> Path:
+    """An untrained quick.json generator saved as training saves ``models/model.pt``: weights and the record of its
+    configuration (network, landmark header, input size, ...), which the evaluation composition reads."""
+    parser = read_config(config_files(BUNDLE, "train", ["quick.json"]), bundle_root=str(path.parent),
+                         datalist=str(datalist))
+    torch.manual_seed(seed)
+    network = parser.get_parsed_content("network")
+    record = parser.get_parsed_content("model_config")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": network.state_dict(), "model_config": record.state_dict()}, path)
+    return path
+
+
 def test_evaluate_occlusion_config_wires_the_transform_metrics_and_writers(tmp_path):
     from monai_ext.data.synthetic import generate_dataset
 
     datalist = generate_dataset("limbs", tmp_path / "data", n_train=1, n_val=1, n_test=1)  # a fresh clone has no data
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / c) for c in ("train.json", "evaluate.json", "evaluate_occlusion.json")])
-    parser.update({"bundle_root": str(BUNDLE), "datalist": str(datalist), "occlusion": "crop"})
-    names = [type(t).__name__ for t in parser.get_parsed_content("validate#dataset#transform").transforms]
+    ckpt = _untrained_checkpoint(tmp_path / "models" / "model.pt", datalist, seed=0)
+    files = config_files(BUNDLE, "evaluate", extra=["evaluate_occlusion.json"])
+    parser = read_config(files, bundle_root=str(tmp_path), ckpt_path=str(ckpt), datalist=str(datalist),
+                         occlusion="crop")
+    names = [type(t).__name__ for t in parser.get_parsed_content("validate#parts#dataset#transform").transforms]
     assert names[names.index("RandLandmarkOcclusiond") + 1] == "FitToShaped"
     assert names.index("RandLandmarkOcclusiond") < names.index("ScaleIntensityRangePercentilesd")
     assert parser.get_parsed_content("occlusion_transform").mode == "crop"
     assert parser.get_parsed_content("eval_dir").endswith("evaluation_occlusion_crop")
-    metrics = parser.get_parsed_content("validate#additional_metrics")
+    metrics = parser.get_parsed_content("validate#parts#additional_metrics")
     assert {f"val_{m}_{s}" for m in ("pck10", "pck20", "mre") for s in ("occluded", "visible")} <= set(metrics)
 
 
@@ -285,18 +300,17 @@ def test_occlusion_study_end_to_end(tmp_path: Path):
 
     datalist = generate_dataset("limbs", tmp_path / "data", n_train=1, n_val=1, n_test=3)
     quick = str(BUNDLE / "configs" / "quick.json")
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "train.json"), quick])
-    parser.update({"bundle_root": str(BUNDLE), "datalist": str(datalist)})
-    ckpts = {}
-    for name, seed in (("adversarial", 0), ("supervised", 1)):
-        torch.manual_seed(seed)
-        net = parser.get_parsed_content("network_def", instantiate=True, lazy=False)
-        ckpts[name] = tmp_path / name / "model.pt"
-        ckpts[name].parent.mkdir()
-        torch.save(net.state_dict(), ckpts[name])
+    ckpts = {name: _untrained_checkpoint(tmp_path / name / "models" / "model.pt", datalist, seed)
+             for name, seed in (("adversarial", 0), ("supervised", 1))}
+    study = _load_script()
+    # the checkpoints' records set the generator: a network override is refused before anything runs
+    with pytest.raises(ValueError, match="network_def#num_stacks: the trained model's record sets it"):
+        study.occlusion_study(datalist=str(datalist), adversarial_ckpt=str(ckpts["adversarial"]),
+                              supervised_ckpt=str(ckpts["supervised"]), output_dir=str(tmp_path / "study"),
+                              **{"network_def#num_stacks": 1})
+    assert not (tmp_path / "study").exists()
 
-    report = _load_script().occlusion_study(
+    report = study.occlusion_study(
         datalist=str(datalist), adversarial_ckpt=str(ckpts["adversarial"]), supervised_ckpt=str(ckpts["supervised"]),
         output_dir=str(tmp_path / "study"), section="test", configs=[quick],
     )

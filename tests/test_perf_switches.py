@@ -1,7 +1,7 @@
-"""Performance switches of the scn, kneel and interactive_kp training configs (amp, compile, channels_last,
-cudnn_benchmark, pin_memory; scn: heatmaps_on_device): off by default; with the switches on a 1-epoch CPU training
-on 2 images runs (compiled, with dynamo's eager backend, for scn only: compiling the others takes long on a CPU,
-their test checks that every engine compiles the network); batch-level heatmap targets equal the per-sample ones."""
+"""Performance switches of every bundle's training (the skeleton's amp, compile, channels_last, cudnn_benchmark,
+pin_memory, heatmaps_on_device): off by default; with the switches on a 1-epoch CPU training on 2 images runs
+(compiled, with dynamo's eager backend, for scn only: compiling the others takes long on a CPU, their test checks that
+every engine compiles the network); batch-level heatmap targets equal the per-sample ones."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_workflow import bundle_workflow
+from bundle_workflow import bundle_workflow, workflow_files
+from conftest import BUNDLE_IDS, BUNDLES, synthetic_kind
 from monai.bundle import ConfigParser
 
 from monai_ext.data.synthetic import generate_dataset
@@ -20,8 +21,9 @@ from monai_ext.engines.prepare_batch import PrepareLandmarkBatch, batch_heatmaps
 from monai_ext.handlers import loss_from_output
 from monai_ext.transforms import GenerateLandmarkHeatmapd
 
-BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
-KINDS = {"scn": "hand", "kneel": "knees", "interactive_kp": "spine"}
+from monai_ext.bundle import read_config, training_stages
+
+ROOT = Path(__file__).resolve().parents[1] / "bundles"
 
 
 def _channels_last(module: torch.nn.Module) -> bool:
@@ -29,64 +31,69 @@ def _channels_last(module: torch.nn.Module) -> bool:
     return bool(convs) and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
 
 
-@pytest.mark.parametrize("bundle", sorted(KINDS))
+def _parsers(bundle: str, tmp_path: Path, **overrides) -> list[ConfigParser]:
+    """The training config of every stage (quick.json, the dataset in tmp_path/data) with ``overrides``."""
+    b = ROOT / bundle
+    return [read_config(workflow_files(b, ["train.json"], stage), bundle_root=str(tmp_path),
+                        dataset_dir=str(tmp_path / "data"), **{"init_from_stage1": False} if stage else {}, **overrides)
+            for stage in training_stages(b)]
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_IDS)
 def test_switches_are_off_by_default(bundle: str, tmp_path: Path):
-    generate_dataset(KINDS[bundle], tmp_path / "data", n_train=1, n_val=1, n_test=0)
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLES / bundle / "configs" / f) for f in ("train.json", "quick.json")])
-    parser["dataset_dir"] = str(tmp_path / "data")
-    assert [parser.get_parsed_content(k) for k in ("use_amp", "use_compile", "use_channels_last")] == [False] * 3
-    assert "cudnn_benchmark" in parser["initialize"][-1] and parser["cudnn_benchmark"] is False
-    assert not _channels_last(parser.get_parsed_content("network"))
-    trainer = parser.get_parsed_content("train#trainer")
-    assert not trainer.amp and not trainer.compile and trainer.scaler is None
-    assert trainer.data_loader.pin_memory == torch.cuda.is_available()
-    if bundle == "scn":
-        assert parser.get_parsed_content("use_heatmaps_on_device") is False
-        assert trainer.prepare_batch.heatmap_sigma is None and "heatmap" in trainer.data_loader.dataset[0]
+    generate_dataset(synthetic_kind(ROOT / bundle), tmp_path / "data", n_train=1, n_val=1, n_test=0)
+    for parser in _parsers(bundle, tmp_path):
+        parser.resolve_macro_and_relative_ids()  # the skeleton's defaults as written
+        assert [parser[k] for k in ("amp", "compile", "channels_last", "cudnn_benchmark")] == [False] * 4
+        assert "initialize_workflow(@seed, @cudnn_benchmark" in parser["initialize"][0]
+        assert not _channels_last(parser.get_parsed_content("network"))
+        trainer = parser.get_parsed_content("train#trainer")
+        assert not trainer.amp and not getattr(trainer, "compile", False) and getattr(trainer, "scaler", None) is None
+        assert trainer.data_loader.pin_memory == torch.cuda.is_available()
+        assert parser["heatmaps_on_device"] is False and parser["augment_on_device"] is False
+        if "heatmap" in parser.get_parsed_content("target_transforms")[1].__class__.__name__.lower():
+            assert "heatmap" in trainer.data_loader.dataset[0]  # heatmap bundles build them per sample
 
 
-def _engines(parser: ConfigParser, bundle: str) -> tuple[list, list, list]:
-    """``(trainers, evaluators, networks)`` of the training config (kneel: both stages)."""
-    stages = ["", "stage2#"] if bundle == "kneel" else [""]
-    return (
-        [parser.get_parsed_content(f"{s}train#trainer") for s in stages],
-        [parser.get_parsed_content(f"{s}validate#evaluator") for s in stages],
-        [parser.get_parsed_content(f"{s}network") for s in stages],
-    )
+def _engines(parser: ConfigParser) -> tuple[list, list, list]:
+    """``(trainers, evaluators, networks)`` of a training config."""
+    return ([parser.get_parsed_content("train#trainer")], [parser.get_parsed_content("validate#evaluator")],
+            [parser.get_parsed_content("network")])
 
 
-@pytest.mark.parametrize("bundle", sorted(KINDS))
+@pytest.mark.parametrize("bundle", BUNDLE_IDS)
 def test_compile_switch_reaches_every_engine(bundle: str, tmp_path: Path):
-    generate_dataset(KINDS[bundle], tmp_path / "data", n_train=1, n_val=1, n_test=0)
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLES / bundle / "configs" / f) for f in ("train.json", "quick.json")])
-    parser.update({"dataset_dir": str(tmp_path / "data"), "compile": "true", "compile_kwargs": {"mode": "reduce-overhead"}})
-    trainers, evaluators, networks = _engines(parser, bundle)
-    for engine, network in zip(trainers + evaluators, networks + networks):
-        assert engine.compile and engine.network._orig_mod is network  # torch.compile'd by MONAI, lazily
-        assert engine.network._orig_mod is not engine.network and not _channels_last(network)
+    generate_dataset(synthetic_kind(ROOT / bundle), tmp_path / "data", n_train=1, n_val=1, n_test=0)
+    for parser in _parsers(bundle, tmp_path, compile={"mode": "reduce-overhead"}):
+        trainers, evaluators, networks = _engines(parser)
+        # MONAI's engines compile (the adversarial trainer updates three networks itself: not compiled)
+        engines = [(e, n) for e, n in zip(trainers + evaluators, networks + networks) if hasattr(e, "compile")]
+        assert evaluators[0] in [e for e, _ in engines]
+        for engine, network in engines:
+            assert engine.compile and engine.network._orig_mod is network  # torch.compile'd by MONAI, lazily
+            assert engine.network._orig_mod is not engine.network and not _channels_last(network)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bundle", sorted(KINDS))
+@pytest.mark.parametrize("bundle", ["scn", "kneel", "interactive_kp"])
 def test_switches_on_train_one_epoch_on_cpu(bundle: str, tmp_path: Path):
-    generate_dataset(KINDS[bundle], tmp_path / "data", n_train=2, n_val=1, n_test=0)
-    extra = {"heatmaps_on_device": "true", "compile": True} if bundle == "scn" else {}
+    generate_dataset(synthetic_kind(ROOT / bundle), tmp_path / "data", n_train=2, n_val=1, n_test=0)
+    # eager: dynamo without inductor's C++ build
+    extra = {"heatmaps_on_device": "true", "compile": {"backend": "eager"}} if bundle == "scn" else {}
     benchmark, deterministic = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     try:
         wf = bundle_workflow(
-            BUNDLES / bundle, ["train.json"], "training", tmp_path,
-            amp=True, compile_kwargs={"backend": "eager"},  # eager: dynamo without inductor's C++ build
-            channels_last="true", cudnn_benchmark="True", batch_size=2, **extra,  # strings as the command line gives
+            ROOT / bundle, ["train.json"], "training", tmp_path, amp=True,
+            channels_last="true", cudnn_benchmark="True", **extra,  # strings as the command line gives
+            **{"images_per_batch" if bundle == "kneel" else "batch_size": 2},
         )
         assert torch.backends.cudnn.benchmark is True  # set after set_determinism turned it off
         assert torch.backends.cudnn.deterministic is False  # the fastest algorithm need not be a deterministic one
         parser = wf.parser
-        trainers, evaluators, networks = _engines(parser, bundle)
+        trainers, evaluators, networks = _engines(parser)
         # MONAI's amp is CUDA autocast only: on the CPU the switch resolves to off instead of a no-op autocast
-        assert parser.get_parsed_content("use_amp") is torch.cuda.is_available()
-        assert parser.get_parsed_content("amp_kwargs")["dtype"] in (torch.bfloat16, torch.float16)
+        assert trainers[0].amp is torch.cuda.is_available()
+        assert trainers[0].amp_kwargs["dtype"] in (torch.bfloat16, torch.float16)
         for engine, network in zip(trainers + evaluators, networks + networks):
             assert engine.compile == (bundle == "scn") and getattr(engine.network, "_orig_mod", engine.network) is network
             assert engine.amp is torch.cuda.is_available()
@@ -181,7 +188,7 @@ def test_default_num_workers_follows_the_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert default_num_workers() == min(2, usable_cores())
     # every bundle's training takes its default from here
-    for bundle in ("scn", "kneel", "adv_posenet", "interactive_kp"):
-        parser = ConfigParser()
-        parser.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "train.json"))
-        assert parser["num_workers"] == "$monai_ext.utils.default_num_workers()", bundle
+    for bundle in BUNDLES:
+        parser = read_config(bundle / "configs" / "train.json")
+        parser.resolve_macro_and_relative_ids()
+        assert parser["num_workers"] == "$monai_ext.utils.default_num_workers()", bundle.name

@@ -85,7 +85,8 @@ def test_sigkilled_training_resumes_from_saved_iteration(tmp_path: Path, dataset
     finally:
         _stop(first)
     assert first.returncode == -signal.SIGKILL
-    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["checkpoint.pt", "model.pt"], "temporary files left"
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["checkpoint.pt", "model.pt", "model_config.json"], (
+        "temporary files left")
 
     # resume in-process (same config, ``--resume true``): only the remaining iterations run
     wf = _workflow(tmp_path, dataset_dir, max_epochs=3, resume="true")
@@ -99,7 +100,7 @@ def test_sigkilled_training_resumes_from_saved_iteration(tmp_path: Path, dataset
     assert (trainer.state.epoch, trainer.state.iteration) == (3, 3 * ITERS_PER_EPOCH)
     state = _trainer_state(ckpt)
     assert state["iteration"] == 3 * ITERS_PER_EPOCH and state["epoch_length"] == ITERS_PER_EPOCH
-    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["checkpoint.pt", "model.pt"]
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["checkpoint.pt", "model.pt", "model_config.json"]
 
 
 def test_resume_without_checkpoint_names_the_file(tmp_path: Path, dataset_dir: Path):

@@ -26,7 +26,7 @@ def test_learnable_sigma_trains_the_sigmas_with_the_network(tmp_path: Path):
     wf.run()
     wf.finalize()
     after = loss.sigma.detach()
-    assert after.shape == (wf.parser.get_parsed_content("num_landmarks"),)
+    assert after.shape == (wf.parser.get_parsed_content("header")["num_landmarks"],)
     assert not torch.allclose(before, after), "the sigmas did not receive gradients"
     assert torch.isfinite(after).all() and (after > 0).all()
     saved = torch.load(tmp_path / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -57,11 +57,9 @@ def test_histogram_matching_reference_from_a_file_matches_foreground_quantiles(t
 
 
 def test_size512_variant_resolves_to_the_512_network_input(tmp_path: Path):
-    files = [str(BUNDLE / "configs" / c) for c in ("train.json", "size512.json")]
-    from monai.bundle import ConfigParser
+    from monai_ext.bundle import read_config
 
-    parser = ConfigParser()
-    parser.read_config(files)
+    parser = read_config([str(BUNDLE / "configs" / c) for c in ("train.json", "size512.json")])
     assert parser.get_parsed_content("spatial_size") == [512, 512]
     assert parser.get_parsed_content("heatmap_sigma") == 4.0
     doc = json.loads((BUNDLE / "configs" / "size512.json").read_text())
@@ -72,7 +70,7 @@ def test_histogram_matching_switch_puts_the_match_in_every_pipeline(tmp_path: Pa
     wf = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path, max_epochs=1, batch_size=2,
                          histogram_matching="True")
     names = lambda compose: [type(t).__name__ for t in compose.transforms]  # noqa: E731
-    train, val = wf.parser.get_parsed_content("train#preprocessing"), wf.parser.get_parsed_content("validate#preprocessing")
+    train, val = wf.parser.get_parsed_content("train#parts#dataset#transform"), wf.parser.get_parsed_content("validate#parts#dataset#transform")
     for pipeline in (train, val):
         n = names(pipeline)
         assert n.index("MatchHistogramd") == n.index("FitToShaped") + 1, n
@@ -83,11 +81,12 @@ def test_histogram_matching_switch_puts_the_match_in_every_pipeline(tmp_path: Pa
     assert (tmp_path / "models" / "model.pt").is_file()
 
     off = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path / "off", max_epochs=1)
-    assert "MatchHistogramd" not in names(off.parser.get_parsed_content("train#preprocessing"))
+    assert "MatchHistogramd" not in names(off.parser.get_parsed_content("train#parts#dataset#transform"))
 
-    inf = bundle_workflow(BUNDLE, ["inference.json"], "inference", tmp_path, histogram_matching=True,
-                          histogram_reference=reference)
+    # the trained model records the matching and its reference: inference repeats neither
+    inf = bundle_workflow(BUNDLE, ["inference.json"], "inference", tmp_path)
     n = names(inf.parser.get_parsed_content("preprocessing"))
     assert n.index("MatchHistogramd") == n.index("FitToShaped") + 1
+    assert inf.parser.get_parsed_content("histogram_reference") == reference
     inf.run()
-    assert (tmp_path / "eval" / "predictions.json").is_file()
+    assert (tmp_path / "eval" / "inference" / "predictions.json").is_file()

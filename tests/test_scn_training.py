@@ -36,7 +36,7 @@ def test_two_epochs_lower_validation_mre_and_inference_reports_mm(tmp_path: Path
 
     wf = _workflow(tmp_path, ["inference.json"], "inference")
     wf.run()
-    doc = json.loads((tmp_path / "eval" / "predictions.json").read_text())
+    doc = json.loads((tmp_path / "eval" / "inference" / "predictions.json").read_text())
     truth = {e["image"]: e for e in load_datalist(tmp_path / "data" / "datalist.json", "test")}
     assert doc["unit"] == "mm" and len(doc["predictions"]) == len(truth)
     errors = []

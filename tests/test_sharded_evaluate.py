@@ -1,6 +1,7 @@
 """Sharded evaluation and inference: two CPU processes (torchrun, gloo) over an odd number of images write
 prediction shards that rank 0 merges into the files of a single-process run (same images, same points, same
-metrics), keeping going past a bad file and leaving no shard behind; every bundle's multi-GPU configs resolve."""
+metrics), keeping going past a bad file and leaving no shard behind; under torchrun every bundle's evaluation and
+inference resolve to sharded loaders by themselves."""
 
 from __future__ import annotations
 
@@ -16,18 +17,19 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from monai.bundle import ConfigParser, create_workflow
+from bundle_workflow import save_untrained_model
+from conftest import BUNDLES
+from monai.bundle import create_workflow
 from monai.data import DistributedSampler
 
+from monai_ext.bundle import config_files, read_config, training_stages
 from monai_ext.data.predictions import make_prediction_record, merge_prediction_records
 from monai_ext.data.synthetic import generate_dataset
 from monai_ext.errors import LandmarkDataError
 from monai_ext.handlers.sharded import merge_prediction_shards, shard_path, write_prediction_shard
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLES = REPO / "bundles"
-SCN = BUNDLES / "scn"
-KINDS = {"scn": "hand", "adv_posenet": "limbs", "kneel": "knees", "interactive_kp": "spine"}
+SCN = REPO / "bundles" / "scn"
 BAD = "validation_001_bad.dcm"  # sorts between validation_001 and validation_002: the middle item of rank 0
 
 # torchrun runs this in each process: the jobs as `monai.bundle run` builds them, one process group for all
@@ -44,19 +46,15 @@ workflows[-1].finalize()
 """
 
 
-def _configs(bundle: Path, names: list[str]) -> list[str]:
-    return [str(bundle / "configs" / f"{n}.json") for n in names]
-
-
-def _jobs(root: Path, out: Path, sharded: bool) -> list[dict]:
-    common = {"meta_file": str(SCN / "configs" / "metadata.json"), "bundle_root": str(SCN), "dataset_dir": str(root / "data")}
-    extra_eval, extra_inf = (["multi_gpu_evaluate"], ["multi_gpu_inference"]) if sharded else ([], [])
+def _jobs(root: Path, out: Path) -> list[dict]:
+    """Evaluation and folder inference of the model in ``root/models``, as ``monai.bundle run`` builds them (the same
+    commands single-process and under torchrun)."""
+    common = {"meta_file": str(SCN / "configs" / "metadata.json"), "bundle_root": str(root), "dataset_dir": str(root / "data")}
     return [
-        {"run_id": "evaluating", "config_file": _configs(SCN, ["train", "evaluate", *extra_eval, "quick"]),
-         "ckpt_dir": str(root / "models"), "output_dir": str(out / "evaluate"), **common},
-        {"run_id": "inference", "config_file": _configs(SCN, ["inference", *extra_inf, "quick"]),
-         "ckpt_path": str(root / "models" / "model.pt"), "output_dir": str(out / "inference"),
-         "input": str(root / "folder"), **common},
+        {"run_id": "evaluating", "config_file": config_files(SCN, "evaluate", ["quick.json"]),
+         "output_dir": str(out / "evaluate"), **common},
+        {"run_id": "inference", "config_file": config_files(SCN, "inference", ["quick.json"]),
+         "output_dir": str(out / "inference"), "input": str(root / "folder"), **common},
     ]
 
 
@@ -70,18 +68,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for i in range(4):
         (root / "folder" / f"validation_00{i}.dcm").write_bytes((images / f"validation_00{i}.dcm").read_bytes())
     (root / "folder" / BAD).write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    parser = ConfigParser()
-    parser.read_config(_configs(SCN, ["train", "quick"]))
-    parser["dataset_dir"] = str(root / "data")
     torch.manual_seed(0)
-    (root / "models").mkdir()
-    torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
+    save_untrained_model(SCN, root, dataset_dir=str(root / "data"))
 
     single = root / "single"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the arithmetic of the 2 processes below (OMP_NUM_THREADS=1)
     try:
-        for job in _jobs(root, single, sharded=False):
+        for job in _jobs(root, single):
             wf = create_workflow(logging_file=False, **job)
             wf.run()
             wf.finalize()
@@ -94,8 +88,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
-           json.dumps(_jobs(root, sharded, sharded=True))]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
+           json.dumps(_jobs(root, sharded))]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return single, sharded
 
@@ -181,7 +175,7 @@ def test_two_process_evaluation_equals_single_process(runs: tuple[Path, Path]):
 
 @pytest.mark.slow
 def test_two_process_inference_keeps_going_past_a_bad_file(runs: tuple[Path, Path]):
-    single, sharded = (r / "inference" for r in runs)
+    single, sharded = (r / "inference" / "inference" for r in runs)
     doc = _assert_same_predictions(single, sharded)
     assert [Path(r["image"]).name for r in doc["predictions"]] == sorted(
         [f"validation_00{i}.dcm" for i in range(4)] + [BAD]
@@ -228,29 +222,27 @@ def one_process_group(tmp_path: Path):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("bundle", sorted(KINDS))
-def test_multi_gpu_configs_resolve_to_a_sharded_loader(bundle: str, tmp_path: Path, one_process_group):
-    data = generate_dataset(KINDS[bundle], tmp_path / "data", n_train=1, n_val=1, n_test=1).parent
-    root = BUNDLES / bundle
-    for files, loader_id, handlers_id in (
-        (["train", "evaluate", "multi_gpu_evaluate", "quick"], "validate#dataloader", "validate#evaluator#val_handlers"),
-        (["inference", "multi_gpu_inference", "quick"], "dataloader", "handlers"),
-    ):
-        parser = ConfigParser()
-        parser.read_config(_configs(root, files))
-        parser.update({"bundle_root": str(root), "dataset_dir": str(data), "ckpt_dir": str(tmp_path / "models"),
-                       "output_dir": str(tmp_path / "out")})
-        own = ConfigParser.load_config_files([f for f in _configs(root, files) if "multi_gpu" not in f])
-        initialize = parser["initialize"]
-        assert initialize[: len(own["initialize"])] == own["initialize"]  # the bundle's own steps are kept
-        assert any("init_process_group" in e for e in initialize[len(own["initialize"]):])
-        assert any("destroy_process_group" in e for e in parser["finalize"])
+@pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+def test_distributed_launch_resolves_to_sharded_loaders(bundle: Path, tmp_path: Path, one_process_group, monkeypatch):
+    """Under torchrun (``WORLD_SIZE`` > 1) evaluation and inference shard their images by themselves: a
+    ``DistributedSampler`` in order and unpadded, nothing cached (one pass), the prediction writer (which merges the
+    shards) among the handlers; the process group and its end are in ``initialize`` / ``finalize``."""
+    data = generate_dataset(json.loads((bundle / "configs" / "train.json").read_text())["synthetic_kind"],
+                            tmp_path / "data", n_train=1, n_val=1, n_test=1).parent
+    for stage in training_stages(bundle):
+        save_untrained_model(bundle, tmp_path, stage=stage, dataset_dir=str(data))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for workflow, loader_id in (("evaluate", "validate#parts#dataloader"), ("inference", "dataloader")):
+        parser = read_config(config_files(bundle, workflow, ["quick.json"]), bundle_root=str(tmp_path),
+                             dataset_dir=str(data), output_dir=str(tmp_path / "out"))
+        parser.resolve_macro_and_relative_ids()
+        assert "initialize_workflow" in parser["initialize"][0] and "finalize_workflow" in parser["finalize"][0]
         evaluator = parser.get_parsed_content("evaluator")
         sampler = evaluator.data_loader.sampler
         assert evaluator.data_loader is parser.get_parsed_content(loader_id)
         assert isinstance(sampler, DistributedSampler) and not sampler.shuffle and sampler.num_replicas == 1
         assert len(sampler) == len(evaluator.data_loader.dataset)
-        handlers = [type(h).__name__ for h in parser.get_parsed_content(handlers_id)]
-        assert "LandmarkPredictionWriter" in handlers and "InteractiveCurveWriter" not in handlers
-        if files[0] == "train":
+        handlers = [type(h).__name__ for h in parser.get_parsed_content("handlers")]
+        assert "LandmarkPredictionWriter" in handlers
+        if workflow == "evaluate":
             assert evaluator.data_loader.dataset.cache_num == 0  # one pass: each rank loads only its own images

@@ -98,7 +98,7 @@ def test_bad_arguments():
 
 def test_scn_max_minutes_replaces_the_epoch_schedule_and_is_checkpointed(tmp_path: Path):
     wf = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path, max_epochs=50, max_minutes=0.01, batch_size=2)
-    budget = wf.parser.get_parsed_content("train#time_budget")
+    budget = wf.parser.get_parsed_content("train#parts#time_budget")
     assert isinstance(budget, TimeBudget) and budget.budget_s == pytest.approx(0.6) and budget.end_factor == 0.1
     trainer = wf.parser.get_parsed_content("train#trainer")
     optimizer = wf.parser.get_parsed_content("optimizer")
@@ -112,5 +112,5 @@ def test_scn_max_minutes_replaces_the_epoch_schedule_and_is_checkpointed(tmp_pat
     assert (tmp_path / "models" / "model.pt").is_file()
     # without max_minutes: no budget, the epoch-indexed LinearLR
     wf2 = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path / "plain", max_epochs=1)
-    assert wf2.parser.get_parsed_content("train#time_budget") is None
-    assert "time_budget" not in wf2.parser.get_parsed_content("train#checkpoint_objects")
+    assert wf2.parser.get_parsed_content("train#parts#time_budget") is None
+    assert "time_budget" not in wf2.parser.get_parsed_content("train#parts#checkpoint")

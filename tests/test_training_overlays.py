@@ -174,7 +174,8 @@ def test_bundle_training_writes_overlays_and_mlflow_artifacts(tmp_path: Path, mo
         overlay_interval=2,
         overlay_num_images=2,
         batch_size=2,
-        **{"train#dataset#data": "$@train#datalist[:8]", "validate#dataset#data": "$@validate#datalist[:1]"},
+        **{"train#datalist": "$monai_ext.data.load_datalist(@datalist, 'training', @header['landmarks'])[:8]",
+           "validate#datalist": "$monai_ext.data.load_datalist(@datalist, 'validation', @header['landmarks'])[:1]"},
     )
     wf.initialize()
     wf.run()

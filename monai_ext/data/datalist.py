@@ -32,6 +32,8 @@ from monai_ext.errors import DatalistValidationError, LandmarkDataError
 from monai_ext.utils import atomic_write
 
 __all__ = [
+    "evaluation_section",
+    "first_image",
     "SECTIONS",
     "SPACING_MODES",
     "read_datalist",
@@ -231,6 +233,22 @@ def write_datalist(path: str | os.PathLike, datalist: dict[str, Any]) -> Path:
 
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def first_image(path: str | os.PathLike, section: str = "training") -> str | None:
+    """The absolute path of the first image of a datalist ``section`` (e.g. a histogram-matching reference), or
+    ``None`` when the section is empty or absent."""
+    items = read_datalist(path).get(section) or []
+    if not items:
+        return None
+    image = Path(items[0]["image"])
+    return str(image if image.is_absolute() else (Path(path).parent / image).resolve())
+
+
+def evaluation_section(path: str | os.PathLike) -> str:
+    """The section a trained model is evaluated on: ``"test"`` when the datalist has test images (the split that
+    checkpoint selection, which uses ``"validation"``, never saw), else ``"validation"``."""
+    return "test" if read_datalist(path).get("test") else "validation"
 
 
 def list_images(source: str | os.PathLike | Sequence[str], section: str = "test") -> list[dict[str, Any]]:

@@ -75,14 +75,13 @@ class SkipFailedDataset(Dataset):
             return FailedItem(str(image), str(error))
 
 
-def collate_failed_items(batch: Sequence[Any], list_keys: Sequence[str] = ()) -> dict[str, Any]:
+def collate_failed_items(batch: Sequence[Any], list_keys: Sequence[str] = ("image_original",)) -> dict[str, Any]:
     """Collate the good items (dicts) with MONAI's ``list_data_collate``; the :class:`FailedItem` ones go to
     ``out[FAILED_ITEMS_KEY]`` as ``[{"image", "error", "position"}]`` (``position`` = index in ``batch``, so
     the input order can be restored). A batch without a good item is ``{FAILED_ITEMS_KEY: [...]}`` only.
 
-    ``list_keys``: keys whose values are not stacked but kept as a list, one per good item (e.g. the original
-    images of a batch, which differ in size); in a config: ``{"_target_": "monai_ext.data.dataset.collate_failed_items",
-    "_mode_": "callable", "list_keys": ["image_original"]}``."""
+    ``list_keys``: keys whose values are not stacked but kept as a list, one per good item; by default the original
+    images (``image_original``, kept by a two-stage pipeline such as KNEEL's), which differ in size."""
     good = [item for item in batch if not isinstance(item, FailedItem)]
     failed = [
         {"image": item.image, "error": item.error, "position": i}

@@ -353,3 +353,12 @@ class LoadRadiographd(MapTransform):
             d[key] = img
             d[self.spacing_key] = torch.as_tensor(img.meta["spacing"], dtype=torch.float64)
         return d
+
+
+def set_decode_size(transforms: Sequence[Any], decode_size: Sequence[int] | None) -> list[Any]:
+    """``transforms`` (a preprocessing list) with ``decode_size`` set on its :class:`LoadRadiographd` loaders: inference
+    may decode JPEGs at a reduced DCT scale (:class:`LoadRadiograph`) without a second copy of the bundle's chain."""
+    for t in transforms:
+        if isinstance(t, LoadRadiographd):
+            t.loader = LoadRadiograph(t.loader.require_spacing, t.loader.reader.min_size, decode_size)
+    return list(transforms)

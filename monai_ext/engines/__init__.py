@@ -1,6 +1,7 @@
 """Workflow pieces: batch preparation (and the adversarial trainer)."""
 
 from monai_ext.engines.prepare_batch import PrepareLandmarkBatch
+from monai_ext.engines.skip_failed import skip_failed_items
 from monai_ext.engines.adversarial import AdversarialPoseEvents, AdversarialPoseTrainer, checkpoint_objects
 from monai_ext.engines.interactive import (
     InteractiveCurveWriter,

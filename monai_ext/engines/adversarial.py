@@ -256,6 +256,15 @@ class AdversarialPoseTrainer(Trainer):
         if train_handlers is not None:
             self._register_handlers(train_handlers)
 
+    def checkpoint_objects(self) -> dict[str, Any]:
+        """What this trainer owns beyond the generator and its optimiser (a bundle's ``model`` / ``optimizer``):
+        the discriminators and their optimisers when present, the enabled AMP grad scalers and the heatmap loss
+        when it has a state. The training checkpoint handlers add these (:mod:`monai_ext.handlers.checkpoint`)."""
+        objects = checkpoint_objects(self)
+        for key in ("trainer", "generator", "g_optimizer"):
+            objects.pop(key)
+        return objects
+
     def run(self) -> None:  # type: ignore[override]
         """Run training; calling it again continues from the current state (up to ``state.max_epochs``)."""
         # skip Trainer.run, which replaces self.scaler by a CUDA-only GradScaler: this trainer owns one per optimiser
@@ -386,6 +395,14 @@ class AdversarialPoseTrainer(Trainer):
         engine.fire_event(AdversarialPoseEvents.G_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+
+def optimizer_for(network: nn.Module | None, optimizer: Optimizer) -> Optimizer | None:
+    """An optimiser of ``network`` of the same class and hyper-parameters as ``optimizer`` (a discriminator trained
+    like the generator, as in the paper); ``None`` for no network."""
+    if network is None:
+        return None
+    return type(optimizer)(network.parameters(), **optimizer.defaults)
 
 
 def checkpoint_objects(trainer: AdversarialPoseTrainer, **extra: Any) -> dict[str, Any]:

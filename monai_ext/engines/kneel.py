@@ -243,8 +243,8 @@ def require_checkpoints(*paths: str | os.PathLike) -> None:
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"missing checkpoint(s) {missing}: the two-stage pipeline needs both models; train them with "
-            "'run training' (both stages), or 'run training_stage1' then 'run training_stage2'."
+            f"missing checkpoint(s) {missing}: the two-stage pipeline needs both models; train stage 1 "
+            "(configs/train.json), then stage 2 (configs/train.json + configs/stage2.json)."
         )
 
 
@@ -261,7 +261,7 @@ def init_from_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no stage-1 checkpoint to initialise the stage-2 model from; train stage 1 first "
-            "('run training_stage1') or set stage2#init_from_stage1 to false."
+            "(run training with configs/train.json) or set init_from_stage1 to false."
         )
     state = torch.load(path, map_location=map_location, weights_only=True)
     if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
@@ -270,6 +270,16 @@ def init_from_checkpoint(
     _, copied, kept = copy_model_state(target, dict(state), inplace=True)
     logger.info(f"initialised {len(copied)} tensors from {path}; kept the initialisation of {kept}")
     return list(copied), list(kept)
+
+
+def transferred(network: nn.Module, path: str | os.PathLike, enabled: Any = True, map_location: Any = "cpu") -> nn.Module:
+    """``network`` initialised from the checkpoint at ``path`` (:func:`init_from_checkpoint`) when ``enabled`` — the
+    stage-2 model starting from the stage-1 weights — else unchanged; returned for use as a bundle's ``network``."""
+    from monai_ext.utils import as_flag
+
+    if as_flag(enabled, "init_from_stage1"):
+        init_from_checkpoint(network, path, map_location)
+    return network
 
 
 class LandmarkGroupSummaryWriter:

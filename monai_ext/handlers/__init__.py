@@ -4,3 +4,15 @@ from monai_ext.handlers.nan_guard import StopOnNonFiniteLoss, loss_from_output
 from monai_ext.handlers.time_budget import TimeBudget
 from monai_ext.handlers.training_overlays import TrainingOverlayWriter
 from monai_ext.handlers.writers import LandmarkMetricsWriter, LandmarkPredictionWriter
+
+
+def attach_on_main_process(engine, *handlers) -> None:
+    """Attach ``handlers`` to ``engine`` in the process that writes files (rank 0 of a distributed run, the only process
+    otherwise). A bundle's ``training`` step attaches the evaluator's best-checkpoint saver this way: an evaluation on
+    the same evaluator leaves it out, and every rank builds it (ignite's checkpointing synchronises the ranks when it
+    is created) but only one writes."""
+    from monai_ext.utils import rank
+
+    if rank() == 0:
+        for handler in handlers:
+            handler.attach(engine)

@@ -21,7 +21,21 @@ from monai.handlers import CheckpointLoader
 
 from monai_ext.utils import atomic_path
 
-__all__ = ["LatestCheckpointSaver", "ResumeCheckpointLoader"]
+__all__ = ["LatestCheckpointSaver", "ResumeCheckpointLoader", "checkpoint_dict"]
+
+
+def engine_objects(engine: Engine, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The objects an engine owns beyond a bundle's ``checkpoint_objects`` (its ``checkpoint_objects()`` method when it
+    has one, e.g. the discriminators, their optimisers and grad scalers of
+    :class:`~monai_ext.engines.AdversarialPoseTrainer`), so one checkpoint wiring serves every trainer."""
+    method = getattr(engine, "checkpoint_objects", None)
+    if method is None:
+        return {}
+    objects = dict(method())
+    clash = sorted(set(objects) & set(given))
+    if clash:
+        raise ValueError(f"{type(engine).__name__}.checkpoint_objects() repeats {clash} of the bundle's checkpoint_objects")
+    return objects
 
 
 def _unwrap(obj: Any) -> Any:
@@ -85,7 +99,7 @@ class LatestCheckpointSaver:
             return
         if self._last_saved == engine.state.iteration or idist.get_rank() != 0:
             return
-        objects = dict(self.save_dict)
+        objects = {**self.save_dict, **engine_objects(engine, self.save_dict)}
         if self.engine_key is not None:
             objects[self.engine_key] = engine
         state = {key: _unwrap(obj).state_dict() for key, obj in objects.items()}
@@ -118,6 +132,25 @@ class ResumeCheckpointLoader(CheckpointLoader):
     def attach(self, engine: Engine) -> None:
         if not os.path.isfile(self.load_path):
             raise FileNotFoundError(f"{self.load_path}: no checkpoint to resume from (train without resume first)")
+        self.load_dict.update(engine_objects(engine, self.load_dict))
         if self.engine_key is not None:
             self.load_dict[self.engine_key] = engine
         super().attach(engine)
+
+
+def checkpoint_dict(objects: Mapping[str, Any], per_process: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """The ``save_dict`` / ``load_dict`` of a training checkpoint: ``objects`` (model, optimizer, scheduler, ...) plus
+    the ``extra`` entries that are not ``None`` (optional parts, such as a time budget that is switched off), plus the
+    ``per_process`` ones (random streams of one process, e.g. an on-device augmentation) in a single-process run
+    only: in a distributed run only rank 0 writes the file, and every rank resuming from rank 0's stream would draw
+    the same augmentations, so each rank restarts its own stream from its seed instead."""
+    from monai_ext.utils import distributed_launch
+
+    extra = dict(extra)
+    if not distributed_launch():
+        extra.update(per_process or {})
+    extra = {k: v for k, v in extra.items() if v is not None}
+    clash = sorted(set(objects) & set(extra))
+    if clash:
+        raise ValueError(f"checkpoint_dict: {clash} given twice")
+    return {**{k: v for k, v in objects.items() if v is not None}, **extra}

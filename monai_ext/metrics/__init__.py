@@ -7,6 +7,7 @@ from monai_ext.metrics.ignite import (
     LandmarkMetric,
     MeanRadialError,
     SuccessfulDetectionRate,
+    landmark_metrics,
     landmark_output_transform,
     lower_is_better,
 )

@@ -35,6 +35,7 @@ __all__ = [
     "LandmarkMetric",
     "MeanRadialError",
     "SuccessfulDetectionRate",
+    "landmark_metrics",
     "landmark_output_transform",
     "lower_is_better",
 ]
@@ -191,6 +192,20 @@ class PCK(LandmarkMetric):
         self, radius: float, output_transform: Callable = landmark_output_transform, unit: str = "mm", **kwargs: Any
     ) -> None:
         super().__init__(statistic=f"pck@{radius_key(radius)}", output_transform=output_transform, unit=unit, **kwargs)
+
+
+def landmark_metrics(
+    unit: str = "mm", radii: Sequence[float] = DEFAULT_RADII, landmark_names: Sequence[str] | None = None
+) -> dict[str, LandmarkMetric]:
+    """The validation metrics of a landmark bundle by name: ``val_mre`` (:class:`MeanRadialError`, keeping the
+    per-landmark details, SDR at ``radii`` and outliers for the writers) and ``val_sdr<r>``
+    (:class:`SuccessfulDetectionRate`) at each radius of ``radii`` (in ``unit``)."""
+    metrics: dict[str, LandmarkMetric] = {
+        "val_mre": MeanRadialError(unit=unit, radii=radii, landmark_names=landmark_names)
+    }
+    for r in radii:
+        metrics[f"val_sdr{radius_key(r)}"] = SuccessfulDetectionRate(radius=r, unit=unit, save_details=False)
+    return metrics
 
 
 def lower_is_better(current: float, previous: float) -> bool:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Act, Norm
+from monai_ext.networks.base import record_arguments
 
 __all__ = ["HeatmapEncoder", "PoseDiscriminator", "ConfidenceDiscriminator"]
 
@@ -64,6 +65,7 @@ class HeatmapEncoder(nn.Module):
         return self.fc(feat.flatten(2).mean(dim=2))
 
 
+@record_arguments
 class PoseDiscriminator(nn.Module):
     """Pose discriminator ``P``: image + heatmaps -> per-landmark plausibility ``(B, K)``.
 
@@ -114,6 +116,7 @@ class PoseDiscriminator(nn.Module):
         return logits if return_logits else torch.sigmoid(logits)
 
 
+@record_arguments
 class ConfidenceDiscriminator(nn.Module):
     """Confidence discriminator ``C``: heatmaps -> per-landmark confidence ``(B, K)``.
 

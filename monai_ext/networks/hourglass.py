@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from monai.networks.blocks import Convolution, UpSample
 from monai.networks.layers.factories import Act, Conv, Norm, Pool
+from monai_ext.networks.base import record_arguments
 
 __all__ = [
     "PreActBottleneck",
@@ -181,6 +182,7 @@ def make_stem(
     return nn.Sequential(*layers)
 
 
+@record_arguments
 class StackedHourglass(nn.Module):
     """Stacked hourglass heatmap regressor with intermediate supervision (Newell et al. 2016; Chen et al. 2017).
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai_ext.networks.base import record_arguments
 
 __all__ = ["HRNet", "SEBlock", "BasicBlock", "Bottleneck", "HighResolutionModule"]
 
@@ -167,6 +168,7 @@ class _ScaleLayer(nn.Module):
         return x * self.scale.abs()
 
 
+@record_arguments
 class HRNet(nn.Module):
     """HRNet-W``width`` heatmap network with SE blocks and optional RITM-style interaction maps.
 

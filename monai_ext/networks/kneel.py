@@ -20,6 +20,7 @@ from monai.networks.layers.factories import Act, Conv, Dropout, Norm
 from monai_ext.networks.hourglass import Hourglass, check_spatial_size, make_norm, make_stem
 
 from monai_ext.decoding import soft_argmax
+from monai_ext.networks.base import record_arguments
 
 __all__ = ["MultiScaleResidual", "KneelHourglass"]
 
@@ -65,6 +66,7 @@ class MultiScaleResidual(nn.Module):
         return torch.cat(outs, dim=1) + self.skip(x)
 
 
+@record_arguments
 class KneelHourglass(nn.Module):
     """Single hourglass with multi-scale residual blocks and a soft-argmax coordinate head (KNEEL).
 

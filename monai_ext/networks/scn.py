@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from monai.networks.layers.factories import Conv, Pool
+from monai_ext.networks.base import record_arguments
 
 __all__ = ["SpatialConfigurationNet", "UPSAMPLE_MODES"]
 
@@ -64,6 +65,7 @@ class _LocalLevel(nn.Module):
         return h, self.act(self.conv2(h))
 
 
+@record_arguments
 class SpatialConfigurationNet(nn.Module):
     """SpatialConfiguration-Net: ``H = H_LA * H_SC``.
 

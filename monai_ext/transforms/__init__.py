@@ -37,6 +37,12 @@ from monai_ext.transforms.hints import (
     parse_clicks,
 )
 from monai_ext.transforms.batch_affine import BatchRandAffine
+from monai_ext.transforms.batch_elastic import (
+    BatchRandAffineElastic,
+    evaluation_transforms,
+    per_sample_augmentation,
+    targets_on_device,
+)
 from monai_ext.transforms.occlusion import (
     BlobOcclusion,
     BorderCrop,

@@ -319,6 +319,9 @@ class MatchHistogram(Transform):
     def __init__(
         self, reference: str | os.PathLike | np.ndarray | torch.Tensor, mask: str | None = "otsu", num_quantiles: int = 256
     ):
+        if reference is None:
+            raise ValueError("MatchHistogram: no reference image (histogram matching needs one: the first training "
+                             "image of the datalist by default, or histogram_reference)")
         self.mask = mask
         self.num_quantiles = num_quantiles
         if isinstance(reference, (str, os.PathLike)):

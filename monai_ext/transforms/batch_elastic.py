@@ -16,7 +16,7 @@ from monai.utils import convert_to_tensor
 
 from monai_ext.transforms.batch_affine import BatchRandAffine
 
-__all__ = ["BatchRandAffineElastic"]
+__all__ = ["BatchRandAffineElastic", "evaluation_transforms", "per_sample_augmentation", "targets_on_device"]
 
 
 def _to_grid(points: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
@@ -85,6 +85,32 @@ class BatchRandAffineElastic(BatchRandAffine):
         self.tolerance = float(tolerance)
         self._field: torch.Tensor | None = None
 
+
+    @classmethod
+    def from_augmentation(cls, transforms: Sequence, seed: int | None = 0, **kwargs) -> BatchRandAffineElastic:
+        """The batch version of a per-sample augmentation list (a bundle's ``augmentation``): rotation, scaling and
+        translation ranges and padding of its ``RandAffined`` (bare or inside
+        :class:`~monai_ext.transforms.ApplyWithLandmarksd`), probability, control points and magnitude of its
+        :class:`~monai_ext.transforms.RandLandmarkElasticd` (none: no deformation). Other transforms (intensity) stay
+        per sample. ``kwargs`` override any argument."""
+        from monai.transforms import RandAffined
+
+        from monai_ext.transforms.dictionary import ApplyWithLandmarksd, RandLandmarkElasticd
+
+        args: dict = {"elastic_prob": 0.0, "seed": seed}
+        for t in transforms:
+            inner = t.transform if isinstance(t, ApplyWithLandmarksd) else t
+            if isinstance(inner, RandAffined) and "rotate_range" not in args:
+                grid = inner.rand_affine.rand_affine_grid
+                args.update(rotate_range=float(grid.rotate_range[0]) if grid.rotate_range else 0.0,
+                            scale_range=tuple(float(r) for r in grid.scale_range) or 0.0,
+                            translate_range=tuple(float(r) for r in grid.translate_range) or 0.0,
+                            prob=float(inner.prob), padding_mode=str(inner.padding_mode[0]))
+            elif isinstance(inner, RandLandmarkElasticd):
+                args.update(elastic_prob=float(inner.prob), elastic_control_points=int(inner.elastic.num_control_points),
+                            elastic_magnitude=float(inner.elastic.magnitude))
+        args.update(kwargs)
+        return cls(**args)
     def randomize(self, batch_size: int, spatial_shape: Sequence[int], device: torch.device | str = "cpu") -> None:
         """Draw the affine (:meth:`BatchRandAffine.randomize`), then the displacement fields ``(B, 2, W, H)``
         float32 (zero for the samples without a deformation)."""
@@ -152,3 +178,48 @@ class BatchRandAffineElastic(BatchRandAffine):
     def apply_drawn(self, images: torch.Tensor, landmarks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`apply` with the last drawn matrices, flips and fields."""
         return self.apply(images, landmarks, self._matrix, self._flipped, self._field)
+
+
+def _spatial(transform: object) -> bool:
+    from monai.transforms import RandAffined
+
+    from monai_ext.transforms.dictionary import ApplyWithLandmarksd, RandLandmarkElasticd
+
+    inner = transform.transform if isinstance(transform, ApplyWithLandmarksd) else transform
+    return isinstance(inner, (RandAffined, RandLandmarkElasticd))
+
+
+def per_sample_augmentation(augmentation: Sequence, augment_on_device: object = False) -> list:
+    """The part of ``augmentation`` the data loader runs per sample: all of it, or, when the batch transform
+    (:meth:`BatchRandAffineElastic.from_augmentation`) runs the random affine and elastic on the device
+    (``augment_on_device``), the rest (intensity, flips)."""
+    from monai_ext.utils import as_flag
+
+    if not as_flag(augment_on_device, "augment_on_device"):
+        return list(augmentation)
+    return [t for t in augmentation if not _spatial(t)]
+
+
+def targets_on_device(heatmaps_on_device: object = False, augment_on_device: object = False) -> bool:
+    """Whether the training heatmaps are built on the device from the batch's landmarks (``heatmaps_on_device``, or
+    forced by ``augment_on_device``: heatmaps must follow the on-device warp) instead of per sample."""
+    from monai_ext.utils import as_flag
+
+    return as_flag(heatmaps_on_device, "heatmaps_on_device") or as_flag(augment_on_device, "augment_on_device")
+
+
+def evaluation_transforms(transforms: Sequence) -> list:
+    """The deterministic part of a training chain (a bundle's ``load_transforms + augmentation``): what validation,
+    evaluation and inference run, so that they see the training's preprocessing by construction. Random transforms
+    are left out, except those with a ``deterministic()`` counterpart, which is used instead (a random ROI crop
+    becomes the crop at the ground-truth centre: :class:`~monai_ext.transforms.RandRoiCropsd`)."""
+    from monai.transforms import Randomizable
+
+    out = []
+    for t in transforms:
+        if isinstance(t, Randomizable):
+            if callable(getattr(t, "deterministic", None)):
+                out.append(t.deterministic())
+            continue
+        out.append(t)
+    return out

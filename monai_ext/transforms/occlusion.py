@@ -321,6 +321,11 @@ class RandLandmarkOcclusiond(Randomizable, MapTransform):
     def randomize(self, data: Any = None) -> None:
         self.occluder.randomize(data)
 
+    def deterministic(self) -> RandLandmarkOcclusiond:
+        """This transform itself: with ``per_image`` every image gets the same occlusion at every call, so an
+        evaluation keeps it (:func:`~monai_ext.transforms.evaluation_transforms`)."""
+        return self
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         keys = list(self.key_iterator(d))

@@ -400,6 +400,12 @@ class RandRoiCropsd(Randomizable, RoiCropsd):
     def randomize(self, data: Any = None) -> None:
         pass  # offsets are drawn per ROI in offset()
 
+    def deterministic(self) -> RoiCropsd:
+        """The same ROI crops without the jitter (the validation counterpart of this training transform)."""
+        crop = RoiCropsd.__new__(RoiCropsd)
+        crop.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("R", "jitter_mm")})
+        return crop
+
     def offset(self, img: MetaTensor) -> torch.Tensor:
         nd = img.ndim - 1
         jitter = np.asarray(ensure_tuple_rep(self.jitter_mm, nd), dtype=np.float64)
