@@ -311,3 +311,47 @@ def config_files(
     if missing:
         raise FileNotFoundError(f"{bundle}: missing config file(s) {missing}")
     return [str(f) for f in files]
+
+
+# --- the skeleton's include block -------------------------------------------------------------------------------------
+
+#: the shared training skeleton, as a bundle's macros name it (repository-relative: MONAI resolves it from the cwd)
+SKELETON = "bundles/common/configs/train.json"
+#: ids a bundle copies rather than pulls: MONAI's tracking builds a path from the config text of ``output_dir``
+COPIED_IDS = ("output_dir",)
+
+
+def skeleton_ids(skeleton: str | os.PathLike = REPO_ROOT / SKELETON) -> dict[str, Any]:
+    """The skeleton's top-level ids and their configs, in order (``train``/``validate`` are shells of children)."""
+    return json.loads(Path(skeleton).read_text())
+
+
+def include_block(own: Sequence[str] = (), skeleton: str | os.PathLike = REPO_ROOT / SKELETON) -> dict[str, Any]:
+    """The ids a bundle's ``train.json`` pulls from the skeleton, as MONAI macros, leaving out those in ``own`` (the ids
+    the bundle writes itself). ``train`` and ``validate`` are literal shells whose children are macros (and whose
+    ``handlers`` are empty lists: MONAI's tracking appends to them), so overlays and the command line can set their
+    children."""
+    block: dict[str, Any] = {}
+    for key, value in skeleton_ids(skeleton).items():
+        if key in own:
+            continue
+        if key in ("train", "validate"):
+            block[key] = {c: [] if c == "handlers" else f"%{SKELETON}#{key}#{c}" for c in value}
+        elif key in COPIED_IDS:
+            block[key] = value
+        else:
+            block[key] = f"%{SKELETON}#{key}"
+    return block
+
+
+def missing_includes(bundle: str | os.PathLike) -> list[str]:
+    """Skeleton ids (and ``train``/``validate`` children) that a bundle's ``train.json`` neither pulls in nor writes:
+    each one is a line to add (:func:`include_block` gives it)."""
+    own = _own_config(bundle)
+    missing = []
+    for key, value in skeleton_ids().items():
+        if key not in own:
+            missing.append(key)
+        elif key in ("train", "validate") and isinstance(own[key], dict):
+            missing += [f"{key}#{c}" for c in value if c not in own[key]]
+    return missing

@@ -3,7 +3,8 @@
 Every function takes heatmaps ``(B, K, *spatial)`` (2D or 3D spatial dims) and returns coordinates
 ``(B, K, ndim)`` in the index order of the spatial dims, pixel centres at integers: for a MONAI
 ``(C, W, H)`` image a peak at ``heatmaps[b, k, i, j]`` decodes to ``(x, y) = (i, j)``
-(see :mod:`monai_ext` for the coordinate convention).
+(see :mod:`monai_ext` for the coordinate convention). Generating heatmaps from coordinates is
+:mod:`monai_ext.heatmaps`.
 """
 
 from __future__ import annotations

@@ -249,7 +249,7 @@ def _evaluation(bundle_dir: Path, extra: list[str], overrides: Mapping[str, Any]
     """``run evaluating`` with the best checkpoints: its evaluator's record (:func:`_validation_record`), the
     section it evaluated, the seconds it took and, when the bundle evaluates a click protocol, the MRE-vs-clicks
     table of its ``InteractiveCurveWriter``."""
-    from monai_ext.engines import InteractiveCurveWriter
+    from monai_ext.handlers import InteractiveCurveWriter
 
     files = config_files(bundle_dir, "evaluate", extra)
     start = time.perf_counter()

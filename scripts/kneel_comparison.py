@@ -43,7 +43,7 @@ import torch
 from monai_ext.bundle import config_files, datalist_header, training_stages
 from monai_ext.data import evaluation_section, load_datalist
 from monai_ext.data.synthetic import PHANTOMS, generate_dataset
-from monai_ext.engines.kneel import LandmarkGroupSummaryWriter
+from monai_ext.handlers.groups import LandmarkGroupSummaryWriter
 from monai_ext.metrics.distances import summarize_errors
 from monai_ext.transforms.roi import LandmarkGroups
 from monai_ext.utils import atomic_write

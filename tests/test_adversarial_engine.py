@@ -15,13 +15,14 @@ from monai_ext.engines.adversarial import (
     checkpoint_objects,
     match_heatmap_resolution,
 )
+from monai_ext.heatmaps import gaussian_heatmaps
 from monai_ext.losses.adversarial import (
     MaskedBCEWithLogits,
     confidence_fake_targets,
     heatmap_peaks,
     pose_fake_targets,
 )
-from monai_ext.losses.heatmap import HeatmapMSELoss, gaussian_heatmaps
+from monai_ext.losses.heatmap import HeatmapMSELoss
 from monai_ext.networks.discriminators import ConfidenceDiscriminator, PoseDiscriminator
 from monai_ext.networks.hourglass import StackedHourglass
 

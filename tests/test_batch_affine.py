@@ -14,10 +14,10 @@ import torch
 from bundle_workflow import bundle_workflow
 from ignite.handlers import Checkpoint
 from monai.bundle import ConfigParser
+from monai.handlers import from_engine
 
 from monai_ext.data.synthetic import generate_dataset
 from monai_ext.engines.prepare_batch import PrepareLandmarkBatch
-from monai_ext.handlers import loss_from_output
 from monai_ext.transforms.batch_affine import BatchRandAffine
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "scn"
@@ -266,7 +266,7 @@ def test_scn_augment_on_device_switch_trains_one_iteration(tmp_path: Path):
     assert parser.get_parsed_content("validate#prepare_batch").augment is None
     wf.run()
     wf.finalize()
-    assert trainer.state.iteration >= 1 and math.isfinite(float(loss_from_output(trainer.state.output)))
+    assert trainer.state.iteration >= 1 and math.isfinite(float(from_engine(["loss"], first=True)(trainer.state.output)))
     assert (tmp_path / "models" / "model.pt").is_file()
 
     off = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path / "off", max_epochs=1)

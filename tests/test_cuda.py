@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 from bundle_workflow import bundle_workflow
+from monai.handlers import from_engine
 
 from monai_ext.data import LoadRadiographd
 from monai_ext.data.datalist import load_datalist
 from monai_ext.data.synthetic import generate_dataset
-from monai_ext.handlers import loss_from_output
 from monai_ext.transforms import DecodeHeatmapd, FitToShaped, LandmarksToOriginald
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -75,7 +75,7 @@ def test_scn_fast_path_trains_on_cuda_and_infers_like_cpu(tmp_path: Path):
         assert trainer.amp and torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
         wf.run()
         wf.finalize()
-        assert math.isfinite(float(loss_from_output(trainer.state.output)))
+        assert math.isfinite(float(from_engine(["loss"], first=True)(trainer.state.output)))
         assert parser.get_parsed_content("validate#evaluator").state.metrics["val_mre"] > 0
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, deterministic

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import GenerateHeatmap
 
-from monai_ext.losses.heatmap import HeatmapMSELoss, LearnableSigmaHeatmapLoss, gaussian_heatmaps
+from monai_ext.heatmaps import gaussian_heatmaps
+from monai_ext.losses.heatmap import HeatmapMSELoss, LearnableSigmaHeatmapLoss
 
 NAN = float("nan")
 

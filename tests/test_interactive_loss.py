@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from monai_ext.losses.heatmap import gaussian_heatmaps
+from monai_ext.heatmaps import gaussian_heatmaps
 from monai_ext.losses.morphology import (
     MorphologyAwareHeatmapLoss,
     MorphologyAwareLoss,
@@ -117,7 +117,7 @@ def test_heatmap_loss_masks_missing_channels_and_adds_morphology():
 def test_morphology_warmup_schedule():
     from types import SimpleNamespace
 
-    from monai_ext.engines.interactive import MorphologyWarmup
+    from monai_ext.handlers.interactive import MorphologyWarmup
 
     loss = MorphologyAwareHeatmapLoss(pairs=vertebra_pairs(4), lambda_distance=0.01, lambda_direction=0.02)
     warmup = MorphologyWarmup(loss, start_epoch=2, ramp_epochs=4)

@@ -19,11 +19,11 @@ from monai.transforms import Compose, ScaleIntensityRanged
 from monai_ext.data import LoadRadiographd, load_datalist
 from monai_ext.data.synthetic import generate_dataset
 from monai_ext.engines.interactive import (
-    InteractiveCurveWriter,
     InteractiveKeypointEvaluator,
     click_protocol,
     select_worst_landmark,
 )
+from monai_ext.handlers.interactive import InteractiveCurveWriter
 from monai_ext.transforms import EnsureLandmarksd, FitToShaped
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,7 +206,8 @@ def test_bundle_evaluate_config_writes_both_curves(spine_data: Path, tmp_path: P
 
 
 def test_prepare_batch_and_iterative_inferer_build_the_input_channels():
-    from monai_ext.engines.interactive import IterativeHintInferer, PrepareInteractiveBatch
+    from monai_ext.engines.interactive import PrepareInteractiveBatch
+    from monai_ext.inferers.hints import IterativeHintInferer
 
     hints = torch.full((1, 3, 2), float("nan"))
     hints[0, 1] = torch.tensor([5.0, 7.0])

@@ -13,13 +13,13 @@ from ignite.engine import Events
 from monai.transforms import RandCoarseDropoutd
 
 from monai_ext.engines import (
-    LandmarkGroupSummaryWriter,
     MixupTrainer,
     PrepareLandmarkBatch,
     PrepareTwoStageBatch,
     init_from_checkpoint,
 )
 from monai_ext.engines.kneel import MixedTarget
+from monai_ext.handlers import LandmarkGroupSummaryWriter
 from monai_ext.losses import WingLoss
 from monai_ext.networks import KneelHourglass
 from monai_ext.transforms import LandmarkGroups, Mixup, mixup_loss

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from bundle_workflow import bundle_workflow
 from ignite.engine import Events
-
-from monai_ext.handlers import loss_from_output
+from monai.handlers import from_engine
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "kneel"
 
@@ -20,7 +19,7 @@ def _losses(tmp: Path, data: Path, stage: str | None, stop_after_epoch: int | No
                          **overrides)
     losses: list[float] = []
     trainer = wf.parser.get_parsed_content("train#trainer")
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(loss_from_output(e.state.output))))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(from_engine(["loss"], first=True)(e.state.output))))
     if stop_after_epoch is not None:
         trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after_epoch), lambda e: e.terminate())
     wf.run()

@@ -9,7 +9,7 @@ import torch
 from monai.data import MetaTensor
 
 from monai_ext.data.readers import spacing_affine
-from monai_ext.engines import TwoStageInferer
+from monai_ext.inferers import TwoStageInferer
 from monai_ext.transforms import (
     LandmarkGroupCentresd,
     LandmarkGroups,

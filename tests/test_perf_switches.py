@@ -15,10 +15,10 @@ import torch
 from bundle_workflow import bundle_workflow, workflow_files
 from conftest import BUNDLE_IDS, BUNDLES, synthetic_kind
 from monai.bundle import ConfigParser
+from monai.handlers import from_engine
 
 from monai_ext.data.synthetic import generate_dataset
 from monai_ext.engines.prepare_batch import PrepareLandmarkBatch, batch_heatmaps, to_channels_last
-from monai_ext.handlers import loss_from_output
 from monai_ext.transforms import GenerateLandmarkHeatmapd
 
 from monai_ext.bundle import read_config, training_stages
@@ -110,7 +110,7 @@ def test_switches_on_train_one_epoch_on_cpu(bundle: str, tmp_path: Path):
         wf.run()
         wf.finalize()
         for trainer in trainers:
-            assert trainer.state.iteration >= 1 and math.isfinite(float(loss_from_output(trainer.state.output)))
+            assert trainer.state.iteration >= 1 and math.isfinite(float(from_engine(["loss"], first=True)(trainer.state.output)))
         assert (tmp_path / "models" / "model.pt").is_file()
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, deterministic

@@ -15,10 +15,11 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 from monai.data import Dataset
+from monai.handlers import from_engine
 from monai.transforms import Compose, RandGaussianNoised
 
 from monai_ext.data.synthetic import generate_dataset
-from monai_ext.handlers import StopOnNonFiniteLoss, loss_from_output
+from monai_ext.handlers import StopOnNonFiniteLoss
 from monai_ext.handlers.checkpoint import LatestCheckpointSaver
 from monai_ext.handlers.rng_state import RNGState
 
@@ -161,7 +162,7 @@ def _run_collecting_losses(wf: ConfigWorkflow) -> list[float]:
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _record(e: Engine) -> None:
-        losses.append(float(loss_from_output(e.state.output)))
+        losses.append(float(from_engine(["loss"], first=True)(e.state.output)))
 
     wf.run()
     wf.finalize()

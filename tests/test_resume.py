@@ -16,9 +16,9 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
+from monai.handlers import from_engine
 
 from monai_ext.data.synthetic import generate_dataset
-from monai_ext.handlers import loss_from_output
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "scn" / "configs"
@@ -137,7 +137,7 @@ def _losses(wf: ConfigWorkflow, stop_after_epoch: int | None = None) -> list[flo
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _record(e) -> None:
-        losses.append(float(loss_from_output(e.state.output)))
+        losses.append(float(from_engine(["loss"], first=True)(e.state.output)))
 
     if stop_after_epoch is not None:
         trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after_epoch), lambda e: e.terminate())

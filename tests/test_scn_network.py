@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from monai_ext.losses.heatmap import HeatmapMSELoss, gaussian_heatmaps
+from monai_ext.heatmaps import gaussian_heatmaps
+from monai_ext.losses.heatmap import HeatmapMSELoss
 from monai_ext.networks.scn import SpatialConfigurationNet
 
 

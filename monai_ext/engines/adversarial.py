@@ -67,19 +67,11 @@ __all__ = [
     "AdversarialPoseEvents",
     "AdversarialPoseTrainer",
     "LOSS_KEYS",
-    "losses_from_output",
     "checkpoint_objects",
     "match_heatmap_resolution",
 ]
 
 LOSS_KEYS = ("mse", "adv_P", "adv_C", "d_P", "d_C")
-
-
-def losses_from_output(output: dict | list) -> dict:
-    """``{"loss", "mse", "adv_P", "adv_C", "d_P", "d_C"}`` of an iteration output (a dict, or the decollated list
-    whose items all carry the same scalars), for ``StatsHandler``/``MLFlowHandler``."""
-    first = output[0] if isinstance(output, (list, tuple)) else output
-    return {k: first[k] for k in ("loss",) + LOSS_KEYS}
 MASK_KEY = "mask"
 
 

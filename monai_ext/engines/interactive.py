@@ -4,16 +4,17 @@ network inputs with user hints, and the simulated-user evaluation protocol of th
 * :class:`PrepareInteractiveBatch` builds the network input ``cat([image, hint maps (K), previous prediction (K,
   optional)])`` from a batch (``hint_landmarks`` in the image's pixels; none = no click) and the training target
   ``(heatmaps, mask, landmarks)`` of :class:`~monai_ext.losses.morphology.MorphologyAwareHeatmapLoss`.
-* :class:`IterativeHintInferer` (training, optional): RITM-style, fills the previous-prediction channels with the
-  network's own no-gradient prediction for the same hints.
-* :class:`MorphologyWarmup` (training): switches the morphology-aware loss terms on after a warm-up;
-  :class:`LossTermsToOutput` puts the loss terms (BCE, distance, direction) into the trainer output for logging.
 * :func:`click_protocol`: from the 0-click prediction, a simulated user clicks, each round, the landmark with the
   largest current error (ties: the lowest index); the click is the ground truth. "Model revision" gives every click
   so far to the network as hints; "manual revision" only moves the clicked landmarks to their clicks.
 * :class:`InteractiveKeypointEvaluator` runs the protocol on every image of a MONAI evaluation and puts both curves
-  in the engine output; :class:`InteractiveCurveWriter` writes the table (CSV/JSON) and plot (PNG) of the mean
-  radial error (and, for spines, the Cobb-angle SMAPE) against the number of clicks.
+  in the engine output; :class:`~monai_ext.handlers.interactive.InteractiveCurveWriter` writes the table (CSV/JSON)
+  and plot (PNG) of the mean radial error (and, for spines, the Cobb-angle SMAPE) against the number of clicks.
+
+The training inferer (:class:`~monai_ext.inferers.hints.IterativeHintInferer`) and handlers
+(:class:`~monai_ext.handlers.interactive.MorphologyWarmup`, :class:`~monai_ext.handlers.interactive.LossTermsToOutput`,
+:class:`~monai_ext.handlers.interactive.InteractiveCurveWriter`) of this workflow live with the other inferers and
+handlers.
 
 Errors are those of :mod:`monai_ext.metrics.distances` in ORIGINAL image pixels (``unit="px"``) or mm.
 """
@@ -21,44 +22,31 @@ Errors are those of :mod:`monai_ext.metrics.distances` in ORIGINAL image pixels 
 from __future__ import annotations
 
 import functools
-import csv
-import json
-import logging
-import math
-import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.engines import PrepareBatch, SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer, SimpleInferer
 from monai.utils import CommonKeys, convert_to_tensor
 
-from monai_ext.clinical.cobb import cobb_angles, smape
 from monai_ext.decoding import decode_heatmaps
 from monai_ext.metrics.distances import radial_errors_tensor
 from monai_ext.engines.prepare_batch import to_device
 from monai_ext.utils import as_flag
 from monai_ext.transforms.array import move_points, points_to_mm, points_to_original
 from monai_ext.transforms.hints import encode_hints
-from monai_ext.utils import atomic_path, atomic_write
 
 __all__ = [
     "as_flag",
     "interactive_inputs",
     "PrepareInteractiveBatch",
-    "IterativeHintInferer",
-    "MorphologyWarmup",
-    "LossTermsToOutput",
     "select_worst_landmark",
     "click_protocol",
     "InteractiveKeypointEvaluator",
-    "InteractiveCurveWriter",
 ]
 
 
@@ -128,86 +116,6 @@ class PrepareInteractiveBatch(PrepareBatch):
             target = (move(batchdata[self.heatmap_key]), move(batchdata[self.mask_key]), move(batchdata[self.landmark_key]))
             return inputs, target
         return inputs, move(batchdata.get(self.landmark_key))
-
-
-class IterativeHintInferer(Inferer):
-    """Training inferer for networks with previous-prediction channels (the last ``num_landmarks`` input channels).
-
-    With probability ``prob`` per batch, the network first predicts without gradient from the same image and hints
-    (previous channels zero), and its sigmoid heatmaps become the previous prediction of the trained forward pass
-    (RITM's iterative training, one step); otherwise the channels stay zero (the first round of an interaction).
-    """
-
-    def __init__(self, num_landmarks: int, prob: float = 0.5, seed: int = 0) -> None:
-        super().__init__()
-        self.num_landmarks = int(num_landmarks)
-        self.prob = float(prob)
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.rng.random() < self.prob:
-            with torch.no_grad():
-                previous = torch.sigmoid(network(inputs, *args, **kwargs)).detach()
-            inputs = torch.cat([inputs[:, : -self.num_landmarks], previous.to(inputs.dtype)], dim=1)
-        return network(inputs, *args, **kwargs)
-
-
-class MorphologyWarmup:
-    """Scale the morphology-aware terms of a :class:`~monai_ext.losses.morphology.MorphologyAwareHeatmapLoss` by an
-    epoch schedule: 0 for the first ``start_epoch`` epochs, then a linear ramp over ``ramp_epochs`` epochs up to the
-    loss's configured ``lambda_distance`` / ``lambda_direction`` (read when the handler is created).
-
-    Trained from scratch, a network's first heatmaps have no peaks, and coordinate terms on them keep the BCE from
-    forming any (measured: a batch that BCE alone fits to 4.7 px in 150 steps stays at 31 px with the morphology
-    terms on from step 0); with pre-trained weights, as in the paper, ``start_epoch=0`` applies them from the start.
-    """
-
-    def __init__(self, loss: Any, start_epoch: int = 0, ramp_epochs: int = 0) -> None:
-        if start_epoch < 0 or ramp_epochs < 0:
-            raise ValueError(f"MorphologyWarmup: epochs must be >= 0, got start {start_epoch}, ramp {ramp_epochs}")
-        self.loss = loss
-        self.start_epoch = int(start_epoch)
-        self.ramp_epochs = int(ramp_epochs)
-        self.targets = (float(loss.lambda_distance), float(loss.lambda_direction))
-        self._last: float | None = None
-        self.logger = logging.getLogger(__name__)
-
-    def factor(self, epoch: int) -> float:
-        """Weight factor of 1-based ``epoch``."""
-        done = epoch - 1 - self.start_epoch  # completed epochs since the start
-        if done < 0:
-            return 0.0
-        return 1.0 if self.ramp_epochs == 0 else min(1.0, (done + 1) / self.ramp_epochs)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        f = self.factor(engine.state.epoch)
-        self.loss.lambda_distance, self.loss.lambda_direction = (t * f for t in self.targets)
-        if f != self._last:
-            self.logger.info(f"epoch {engine.state.epoch}: morphology-aware loss terms at {f:.2f} of their weight")
-            self._last = f
-
-
-class LossTermsToOutput:
-    """After each training iteration, copy ``loss.last_terms`` (e.g. ``{"bce", "distance", "direction"}`` of
-    :class:`~monai_ext.losses.morphology.MorphologyAwareHeatmapLoss`) into the trainer's output dict as
-    ``loss_<term>`` floats, where stats and tracking handlers attached after it read them: the dict
-    (``decollate=False``) or every per-item dict (``decollate=True``)."""
-
-    def __init__(self, loss: Any) -> None:
-        self.loss = loss
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        terms = {f"loss_{k}": float(v) for k, v in getattr(self.loss, "last_terms", {}).items()}
-        output = engine.state.output
-        for item in [output] if isinstance(output, dict) else output if isinstance(output, (list, tuple)) else []:
-            if isinstance(item, dict):
-                item.update(terms)
 
 
 def select_worst_landmark(errors: torch.Tensor, clicked: torch.Tensor) -> torch.Tensor:
@@ -407,175 +315,3 @@ class InteractiveKeypointEvaluator(SupervisedEvaluator):
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
-
-
-def _np(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _mean_finite(errors: np.ndarray) -> float:
-    e = errors[np.isfinite(errors)]
-    return float(e.mean()) if e.size else math.nan
-
-
-class InteractiveCurveWriter:
-    """Collect the click-protocol results of :class:`InteractiveKeypointEvaluator` and, when the run completes,
-    write to ``output_dir``:
-
-    * ``<name>.csv``: one row per number of clicks ``n = 0..R``: ``mre_model``, ``mre_manual`` (mean radial error
-      over every landmark with ground truth of every image, failed predictions excluded as in
-      :mod:`monai_ext.metrics.distances`), ``n_points`` and, with ``cobb``, ``smape_model`` / ``smape_manual``
-      (Cobb-angle SMAPE, :func:`monai_ext.clinical.cobb.smape`, predicted-point angles against ground-truth-point
-      angles) and ``n_cobb`` (images with all angles defined);
-    * ``<name>.json``: the same table, the unit, and per image the clicked landmarks and the per-round MRE;
-    * ``<name>.png``: MRE against clicks, both curves;
-    * with ``cobb`` (``cobb_endplate``: see :func:`monai_ext.clinical.cobb.cobb_angles`): ``cobb.csv``, per image
-      the three angles from the ground-truth points, from the 0-click
-      prediction and after ``R`` clicks (model revision), and the angles given with the data when the batch has a
-      ``cobb_key`` entry.
-
-    The summary is also stored in ``engine.state.interactive_summary``.
-    """
-
-    def __init__(
-        self,
-        output_dir: str | os.PathLike,
-        unit: str = "px",
-        name: str = "interactive",
-        cobb: bool = False,
-        corners_per_vertebra: int = 4,
-        cobb_endplate: str = "top",
-        cobb_key: str = "cobb",
-        image_key: str = CommonKeys.IMAGE,
-    ):
-        self.output_dir = Path(output_dir)
-        self.unit = unit
-        self.name = name
-        self.cobb = as_flag(cobb, "cobb")
-        self.corners_per_vertebra = int(corners_per_vertebra)
-        self.cobb_endplate = cobb_endplate
-        self.cobb_key = cobb_key
-        self.image_key = image_key
-        self.records: list[dict] = []
-        self.logger = logging.getLogger(__name__)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
-
-    def reset(self, engine: Engine | None = None) -> None:
-        self.records = []
-
-    def collect(self, engine: Engine) -> None:
-        outputs = engine.state.output if isinstance(engine.state.output, list) else decollate_batch(engine.state.output)
-        batch = engine.state.batch if isinstance(engine.state.batch, list) else None
-        for i, item in enumerate(outputs):
-            res = item["interactive"]
-            meta = getattr(item.get(self.image_key), "meta", {}) or {}
-            record = {
-                "image": str(meta.get("filename_or_obj", f"image_{len(self.records)}")),
-                **{key: _np(res[key]) for key in ("errors_model", "errors_manual", "clicks_model", "clicks_manual")},
-            }
-            if self.cobb:
-                height = float(_np(res["image_height"]))
-                record["cobb_gt"] = self._angles(_np(res["gt"]), height)
-                record["cobb_model"] = np.stack([self._angles(p, height) for p in _np(res["model"])])
-                record["cobb_manual"] = np.stack([self._angles(p, height) for p in _np(res["manual"])])
-                given = item.get(self.cobb_key)
-                if given is None and batch is not None and i < len(batch):
-                    given = batch[i].get(self.cobb_key)
-                record["cobb_given"] = None if given is None else _np(given).astype(np.float64).reshape(-1)
-            self.records.append(record)
-
-    def _angles(self, points: np.ndarray, height: float) -> np.ndarray:
-        return cobb_angles(points, height, self.corners_per_vertebra, self.cobb_endplate).as_array()
-
-    def summary(self) -> dict[str, Any]:
-        """The table (list of rows) and per-image details of the collected records."""
-        if not self.records:
-            raise RuntimeError("InteractiveCurveWriter: no images were evaluated.")
-        rounds = self.records[0]["errors_model"].shape[0]
-        model = np.stack([r["errors_model"] for r in self.records])  # (N, R+1, K)
-        manual = np.stack([r["errors_manual"] for r in self.records])
-        rows = []
-        for n in range(rounds):
-            row: dict[str, Any] = {
-                "clicks": n,
-                "mre_model": _mean_finite(model[:, n]),
-                "mre_manual": _mean_finite(manual[:, n]),
-                "n_points": int(np.count_nonzero(~np.isnan(model[:, n]))),
-            }
-            if self.cobb:
-                gt = np.stack([r["cobb_gt"] for r in self.records])
-                for curve in ("model", "manual"):
-                    pred = np.stack([r[f"cobb_{curve}"][n] for r in self.records])
-                    row[f"smape_{curve}"] = smape(pred, gt)
-                ok = np.isfinite(gt).all(1) & np.isfinite(np.stack([r["cobb_model"][n] for r in self.records])).all(1)
-                row["n_cobb"] = int(ok.sum())
-            rows.append(row)
-        images = [
-            {
-                "image": r["image"],
-                "clicks_model": [int(c) for c in r["clicks_model"]],
-                "clicks_manual": [int(c) for c in r["clicks_manual"]],
-                "mre_model": [_mean_finite(e) for e in r["errors_model"]],
-                "mre_manual": [_mean_finite(e) for e in r["errors_manual"]],
-            }
-            for r in self.records
-        ]
-        return {"unit": self.unit, "n_images": len(self.records), "table": rows, "images": images}
-
-    def write(self, engine: Engine | None = None) -> None:
-        summary = self.summary()
-        rows = summary["table"]
-        with atomic_write(self.output_dir / f"{self.name}.csv", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        with atomic_write(self.output_dir / f"{self.name}.json") as f:
-            json.dump(summary, f, indent=1, default=float)
-        self._plot(rows)
-        if self.cobb:
-            self._write_cobb()
-        if engine is not None:
-            engine.state.interactive_summary = summary  # type: ignore[attr-defined]
-        u = self.unit
-        self.logger.info(
-            "interactive MRE (%s) by clicks: model %s | manual %s",
-            u,
-            ", ".join(f"{r['clicks']}: {r['mre_model']:.3f}" for r in rows),
-            ", ".join(f"{r['clicks']}: {r['mre_manual']:.3f}" for r in rows),
-        )
-
-    def _plot(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        clicks = [r["clicks"] for r in rows]
-        fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
-        ax.plot(clicks, [r["mre_model"] for r in rows], "o-", label="model revision")
-        ax.plot(clicks, [r["mre_manual"] for r in rows], "s--", label="manual revision")
-        ax.set_xlabel("number of user clicks")
-        ax.set_ylabel(f"mean radial error ({self.unit})")
-        ax.set_xticks(clicks)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        with atomic_path(self.output_dir / f"{self.name}.png") as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
-
-    def _write_cobb(self) -> None:
-        names = ("main", "upper", "lower")
-        last = self.records[0]["cobb_model"].shape[0] - 1
-        fields = ["image"] + [f"{src}_{a}" for src in ("gt", "pred", f"clicks{last}", "given") for a in names]
-        with atomic_write(self.output_dir / "cobb.csv", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(fields)
-            for r in self.records:
-                given = r["cobb_given"] if r["cobb_given"] is not None and r["cobb_given"].size == 3 else np.full(3, np.nan)
-                values = np.concatenate([r["cobb_gt"], r["cobb_model"][0], r["cobb_model"][last], given])
-                writer.writerow([r["image"]] + ["" if not np.isfinite(v) else f"{v:.4f}" for v in values])

@@ -1,53 +1,42 @@
 """KNEEL (Tiulpin et al., "KNEEL: Knee Anatomical Landmark Localization Using Hourglass Networks", ICCV Workshops
-2019) workflow pieces: mixup training, the two-stage inferer, stage-2 initialisation from stage 1, per-group reports.
+2019) workflow pieces: mixup training, the two-stage batch, stage-2 initialisation from stage 1.
 
 * :class:`MixupTrainer` — MONAI ``SupervisedTrainer`` with batch-level mixup
   (:class:`~monai_ext.transforms.mix.Mixup`): images are mixed, the loss is mixed
   (:func:`~monai_ext.transforms.mix.mixup_loss`); everything else (AMP, gradient accumulation, events) is MONAI's.
-* :class:`TwoStageInferer` + :class:`PrepareTwoStageBatch` — end-to-end inference inside a standard
-  ``SupervisedEvaluator``: the evaluator's network (stage 1, the "low-cost" model) predicts the ROI centres on the
-  whole image; the inferer crops each ROI from the *original* image (:class:`~monai_ext.transforms.roi.RoiResample`,
-  mirrored ROIs included), runs the stage-2 ("high-cost") model and maps its points back. It returns ``(B, K, 2)``
-  points in the stage-1 input's pixels, exactly like a single-stage network, so the usual post-processing
-  (``LandmarksToOriginald``), metrics and writers apply unchanged.
+* :class:`PrepareTwoStageBatch` — the batch of :class:`~monai_ext.inferers.two_stage.TwoStageInferer`, KNEEL's
+  end-to-end inference inside a standard ``SupervisedEvaluator`` (stage-1 ROI centres, stage-2 landmarks in every
+  ROI of the *original* image).
 * :func:`init_from_checkpoint` — stage-2 weights initialised from the stage-1 checkpoint: every tensor whose name and
   shape match is copied (MONAI ``copy_model_state``); the output layer (``G`` ROI centres vs ``K2`` landmarks)
   keeps its fresh initialisation.
-* :class:`LandmarkGroupSummaryWriter` — KNEEL's report: recall within radii and MRE per landmark group.
+
+KNEEL's per-group report is :class:`~monai_ext.handlers.groups.LandmarkGroupSummaryWriter`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
-from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.engines import PrepareBatch, SupervisedTrainer
-from monai.inferers import Inferer
-from monai.networks.utils import copy_model_state, eval_mode
+from monai.networks.utils import copy_model_state
 from monai.utils import CommonKeys
 
-from monai_ext.metrics.distances import format_summary, summarize_errors
-from monai_ext.transforms.array import move_points
 from monai_ext.transforms.mix import Mixup, mixup_loss
-from monai_ext.transforms.roi import LandmarkGroups, RoiResample
-from monai_ext.utils import atomic_write
 
 __all__ = [
     "MixupTrainer",
     "MixedTarget",
-    "TwoStageInferer",
     "PrepareTwoStageBatch",
     "init_from_checkpoint",
     "require_checkpoints",
-    "LandmarkGroupSummaryWriter",
 ]
 
 logger = logging.getLogger(__name__)
@@ -111,7 +100,8 @@ class MixupTrainer(SupervisedTrainer):
 
 
 class PrepareTwoStageBatch(PrepareBatch):
-    """Batch for :class:`TwoStageInferer`: ``(stage-1 image, landmarks, (), {"originals", "affines"})``.
+    """Batch for :class:`~monai_ext.inferers.two_stage.TwoStageInferer`: ``(stage-1 image, landmarks, (),
+    {"originals", "affines"})``.
 
     ``originals`` are the per-image original images (``original_key``, kept by ``CopyItemsd`` before the stage-1
     resampling; the intensity-scaled full-resolution image) as a list of ``MetaTensor``; ``affines`` the
@@ -144,98 +134,6 @@ class PrepareTwoStageBatch(PrepareBatch):
         if isinstance(target, torch.Tensor):
             target = target.to(device=device, non_blocking=non_blocking)
         return image.to(device=device, non_blocking=non_blocking), target, (), {"originals": originals, "affines": affines}
-
-
-class TwoStageInferer(Inferer):
-    """KNEEL's end-to-end inference: low-cost ROI centres -> high-cost landmarks in every ROI.
-
-    ``__call__(inputs, network, originals, affines)``:
-
-    1. ``network(inputs)`` -> ``(B, G, D)`` ROI centres in the stage-1 input's pixels (``affines`` ``(B, 4, 4)``);
-    2. each centre is moved to the pixels of the original image (``originals[b]``, a ``MetaTensor`` whose affine is
-       the file's) and a ``spacing`` x ``spatial_size`` ROI is resampled there (mirrored for ``groups.flip[g]``);
-    3. ``roi_network`` predicts the ``group_size`` landmarks of every ROI (in ROI pixels), they are moved back to the
-       original image and scattered into the full landmark order (the mirror permutation undone,
-       :meth:`~monai_ext.transforms.roi.LandmarkGroups.scatter`);
-    4. with ``refine_steps > 0`` each ROI is re-centred on the mean of its predicted landmarks and predicted again;
-    5. the ``(B, K, D)`` points are returned in the stage-1 input's pixels (float32), as a single-stage model would.
-
-    Args:
-        roi_network: the stage-2 model (image ``(N, C, *spatial_size)`` -> points ``(N, group_size, D)`` in its
-            input pixels, e.g. :class:`~monai_ext.networks.KneelHourglass`); run in eval mode without gradients.
-        groups: the :class:`~monai_ext.transforms.roi.LandmarkGroups`.
-        spacing, spatial_size: the ROI grid (mm per pixel, pixels), as in stage-2 training.
-        refine_steps: number of re-centring passes.
-        crop_transform: optional callable applied to every ROI ``MetaTensor`` (``(C, *spatial_size)``) before the
-            network, e.g. an intensity normalisation the stage-2 training applied after cropping.
-        anti_aliasing: see :class:`~monai_ext.transforms.roi.RoiResample`.
-    """
-
-    def __init__(
-        self,
-        roi_network: nn.Module,
-        groups: LandmarkGroups,
-        spacing: float | Sequence[float],
-        spatial_size: Sequence[int],
-        refine_steps: int = 0,
-        crop_transform: Callable | None = None,
-        anti_aliasing: bool = True,
-    ) -> None:
-        super().__init__()
-        if refine_steps < 0:
-            raise ValueError(f"TwoStageInferer: refine_steps must be >= 0, got {refine_steps}.")
-        self.roi_network = roi_network
-        self.groups = groups
-        self.cropper = RoiResample(spacing, spatial_size, anti_aliasing=anti_aliasing)
-        self.refine_steps = int(refine_steps)
-        self.crop_transform = crop_transform
-
-    def predict_rois(self, image: MetaTensor, centres: torch.Tensor) -> torch.Tensor:
-        """Stage 2 on one image: ``(G, D)`` ROI centres in ``image``'s pixels -> ``(K, D)`` landmarks (float64) in
-        ``image``'s pixels (NaN for landmarks in no group)."""
-        centres = torch.as_tensor(centres, dtype=torch.float64).cpu()
-        if centres.shape[0] != self.groups.num_groups:
-            raise ValueError(f"TwoStageInferer: {centres.shape[0]} ROI centres for {self.groups.num_groups} groups.")
-        device = next(self.roi_network.parameters()).device
-        per_roi: list[torch.Tensor] = []
-        with eval_mode(self.roi_network):
-            for _ in range(self.refine_steps + 1):
-                crops = [self.cropper(image, centres[g], flip=self.groups.flip[g]) for g in range(self.groups.num_groups)]
-                batch = [self.crop_transform(c) if self.crop_transform is not None else c for c in crops]
-                x = torch.stack([torch.as_tensor(b.as_tensor() if isinstance(b, MetaTensor) else b) for b in batch])
-                pred = self.roi_network(x.to(device=device, dtype=torch.float32)).detach().to("cpu", torch.float64)
-                per_roi = [move_points(pred[g], crops[g].affine, image.affine) for g in range(len(crops))]
-                centres = torch.stack([p.mean(0) for p in per_roi])
-        return self.groups.scatter(per_roi)
-
-    def __call__(  # type: ignore[override]
-        self,
-        inputs: torch.Tensor,
-        network: Callable[..., torch.Tensor],
-        *args: Any,
-        originals: Sequence[MetaTensor] | None = None,
-        affines: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        if originals is None:
-            raise ValueError("TwoStageInferer needs the original images: use PrepareTwoStageBatch as prepare_batch.")
-        if affines is None:
-            if not isinstance(inputs, MetaTensor):
-                raise ValueError("TwoStageInferer needs the stage-1 affines (or a MetaTensor input).")
-            affines = inputs.affine if inputs.affine.ndim == 3 else inputs.affine[None].expand(inputs.shape[0], -1, -1)
-        centres = network(inputs, *args, **kwargs).detach().to("cpu", torch.float64)
-        if centres.shape[-2] != self.groups.num_groups:
-            raise ValueError(
-                f"TwoStageInferer: the stage-1 network predicts {centres.shape[-2]} points, expected one per ROI "
-                f"({self.groups.num_groups})."
-            )
-        out = []
-        for b in range(centres.shape[0]):
-            original = originals[b]
-            c = move_points(centres[b], affines[b].cpu(), original.affine)
-            points = self.predict_rois(original, c)
-            out.append(move_points(points, original.affine, affines[b].cpu()))
-        return torch.stack(out).to(device=inputs.device, dtype=torch.float32)
 
 
 def require_checkpoints(*paths: str | os.PathLike) -> None:
@@ -280,53 +178,3 @@ def transferred(network: nn.Module, path: str | os.PathLike, enabled: Any = True
     if as_flag(enabled, "init_from_stage1"):
         init_from_checkpoint(network, path, map_location)
     return network
-
-
-class LandmarkGroupSummaryWriter:
-    """Write KNEEL's per-group report: for each landmark group, MRE and recall (%) within ``radii`` from the per-image
-    errors of a landmark metric (``engine.state.metric_details[metric_name]``, ``(N, K)`` in ``unit``; stored by
-    :class:`~monai_ext.metrics.ignite.LandmarkMetric` with ``save_details=True``).
-
-    Writes ``<output_dir>/groups.json`` (``{group name: summary of summarize_errors}``) when the run completes and
-    logs each group's summary.
-    """
-
-    def __init__(
-        self,
-        output_dir: str | os.PathLike,
-        metric_name: str,
-        groups: LandmarkGroups,
-        landmark_names: Sequence[str] | None = None,
-        radii: Sequence[float] = (1, 1.5, 2, 2.5, 3, 3.5, 4, 5),
-        unit: str = "mm",
-        outlier_radius: float = 10.0,
-    ) -> None:
-        self.output_dir = Path(output_dir)
-        self.metric_name = metric_name
-        self.groups = groups
-        self.landmark_names = list(landmark_names) if landmark_names is not None else None
-        self.radii = [float(r) for r in radii]
-        self.unit = unit
-        self.outlier_radius = float(outlier_radius)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def summaries(self, errors: torch.Tensor) -> dict[str, dict]:
-        """``{group name: summary}`` of ``(N, K)`` errors."""
-        errs = torch.as_tensor(errors).detach().cpu().double().numpy()
-        out = {}
-        for name, group in zip(self.groups.names, self.groups.groups):
-            names = [self.landmark_names[i] for i in group] if self.landmark_names is not None else None
-            out[name] = summarize_errors(errs[:, group], self.radii, self.outlier_radius, names, self.unit)
-        return out
-
-    def __call__(self, engine: Engine) -> None:
-        details = getattr(engine.state, "metric_details", {}).get(self.metric_name)
-        if details is None:
-            raise KeyError(f"no per-image errors for metric {self.metric_name!r}: is it a LandmarkMetric with save_details?")
-        summaries = self.summaries(details)
-        with atomic_write(self.output_dir / "groups.json") as f:
-            json.dump(summaries, f, indent=1, default=float)
-        for name, summary in summaries.items():
-            logger.info(f"landmark group {name}:\n{format_summary(summary)}")

@@ -10,7 +10,7 @@ import torch
 from monai.engines import PrepareBatch
 from monai.utils import CommonKeys, convert_to_tensor
 
-from monai_ext.losses.heatmap import gaussian_heatmaps
+from monai_ext.heatmaps import gaussian_heatmaps
 
 if TYPE_CHECKING:
     from monai_ext.transforms.batch_affine import BatchRandAffine
@@ -37,7 +37,7 @@ def batch_heatmaps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The targets of :class:`~monai_ext.transforms.GenerateLandmarkHeatmapd` (``sigma_unit="px"``) for a whole
     batch at once, on the landmarks' device: the same float32 arithmetic of
-    :func:`~monai_ext.losses.heatmap.gaussian_heatmaps`.
+    :func:`~monai_ext.heatmaps.gaussian_heatmaps`.
 
     Args:
         landmarks: ``(B, K, D)`` points in the image's pixels (spatial dims order), NaN where missing.

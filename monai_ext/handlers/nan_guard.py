@@ -13,7 +13,13 @@ from ignite.engine import Engine, Events
 
 
 def loss_from_output(output: Any, key: str = "loss") -> Any:
-    """The loss in an engine output: a dict (``decollate=False``) or a list of per-item dicts."""
+    """The loss in an engine output: a dict (``decollate=False``) or a list of per-item dicts.
+
+    The default of :class:`StopOnNonFiniteLoss`, which guards any engine. For a decollated output this is
+    ``monai.handlers.from_engine([key], first=True)`` (use that in configs and tests); it is kept because
+    ``from_engine`` gives a 1-tuple for a dict output (``decollate=False`` engines, plain ignite engines) and ``None``
+    for an output that is the loss itself, both of which this returns as the loss.
+    """
     if isinstance(output, dict):
         return output[key]
     if isinstance(output, (list, tuple)) and output and isinstance(output[0], dict):

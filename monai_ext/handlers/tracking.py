@@ -56,6 +56,9 @@ def scalars_from_output(output: Any, prefix: str = "train_") -> dict[str, float]
 
     ``output`` is a dict (``decollate=False``) or a list of per-item dicts (decollated: the scalars are replicated
     into every item, the first one is read); 0-dim tensors and Python numbers are scalars, everything else is skipped.
+
+    Not ``monai.handlers.from_engine``: that reads keys named in advance and returns their values as a tuple, while
+    ``MLFlowHandler`` needs a ``{name: value}`` dict of every loss term, and the terms differ between trainers.
     """
     if isinstance(output, (list, tuple)) and output and isinstance(output[0], Mapping):
         output = output[0]

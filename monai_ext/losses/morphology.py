@@ -145,7 +145,7 @@ class MorphologyAwareHeatmapLoss(nn.Module):
         pos_weight: BCE weight of the target mass (``1 + (pos_weight - 1) * target`` per pixel); 1 = plain BCE.
 
     The morphology terms pull on coordinates; on heatmaps without peaks (from-scratch training) they keep peaks from
-    forming, so they are usually switched on after a warm-up (:class:`~monai_ext.engines.interactive.MorphologyWarmup`
+    forming, so they are usually switched on after a warm-up (:class:`~monai_ext.handlers.interactive.MorphologyWarmup`
     scales ``lambda_*``).
 
     ``forward(logits, target)`` takes ``target = (heatmaps (B, K, *S), mask (B, K), landmarks (B, K, 2))`` as built

@@ -25,6 +25,8 @@ from monai.transforms import Flip, RandomizableTransform, Resize, SpatialPad, Tr
 from monai.transforms.utils import apply_affine_to_points
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
+from monai_ext.heatmaps import gaussian_heatmaps
+
 __all__ = [
     "move_points",
     "points_to_original",
@@ -295,8 +297,6 @@ class GenerateLandmarkHeatmap(Transform):
         return sigma
 
     def __call__(self, landmarks: torch.Tensor, spatial_shape: Sequence[int], affine: torch.Tensor | None = None):
-        from monai_ext.losses.heatmap import gaussian_heatmaps
-
         pts = convert_to_tensor(landmarks, track_meta=False, dtype=torch.float32)
         nd = pts.shape[-1]
         heatmap = gaussian_heatmaps(

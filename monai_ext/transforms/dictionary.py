@@ -16,6 +16,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, RandomizableTransform
 from monai.utils import convert_to_tensor, ensure_tuple
 
+from monai_ext.decoding import decode_heatmaps
 from monai_ext.transforms.array import (
     FitToShape,
     GenerateLandmarkHeatmap,
@@ -286,8 +287,6 @@ class DecodeHeatmapd(MapTransform):
         self.window = window
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        from monai_ext.decoding import decode_heatmaps
-
         d = dict(data)
         for key in self.key_iterator(d):
             hm = convert_to_tensor(d[key], track_meta=False).float()

@@ -31,7 +31,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_tensor
 
 from monai_ext.errors import LandmarkDataError
-from monai_ext.losses.heatmap import gaussian_heatmaps
+from monai_ext.heatmaps import gaussian_heatmaps
 from monai_ext.transforms.array import move_points
 
 __all__ = [
