@@ -30,8 +30,8 @@ file (written atomically) records:
   at each radius, per landmark) and an SDR/PCK curve over radii computed from the per-point errors;
 * ``training.stages``: the timing of every further training run, by its overlay (KNEEL's ``stage2.json``, which
   trains on ROIs, initialised from the first run's best checkpoint);
-* ``evaluation``: the same record from ``run evaluating`` (train.json + variants + the shared trained-model
-  overlay ``bundles/common/configs/trained_model.json`` + the bundle's own ``configs/inference.json``) with the best
+* ``evaluation``: the same record from ``run evaluating`` (train.json + variants + the shared
+  ``bundles/common/configs/evaluate.json`` + the overlays the bundle's ``train.json`` names in ``model_overlays``) with the best
   checkpoints, on the datalist's ``test`` section when it has one, else ``validation`` (``--eval_section`` chooses;
   ``section`` says which): end to end for two-stage KNEEL (whose training validation only scores the stage-1 ROI
   centres), and with the click-protocol table (MRE vs number of clicks, model and manual revision) for the
@@ -892,8 +892,8 @@ def report(runs: str = "runs/bench", out: str = "docs/benchmarks.md", plots: str
         "- **peak RSS**: resident memory of the training process (in brackets: plus its DataLoader workers, "
         "shared pages counted per process); **peak GPU**: `torch.cuda.max_memory_allocated` during training.",
         "- **MRE**, **SDR/PCK**: errors in the original image (mm unless the dataset is in pixels) of the "
-        "bundle's evaluation (`run evaluating`: train.json + variants + `bundles/common/configs/trained_model.json` "
-        "+ the bundle's own `inference.json`) with the best checkpoint, on the split named in the run's section (the "
+        "bundle's evaluation (`run evaluating`: train.json + variants + `bundles/common/configs/evaluate.json` "
+        "+ the bundle's `model_overlays`) with the best checkpoint, on the split named in the run's section (the "
         "datalist's test split when it has one, else validation; end to end for KNEEL's two stages, no clicks for "
         "the interactive bundle, whose MRE vs clicks follows in its section); runs recorded without that "
         "evaluation: the validation after the last training epoch.",

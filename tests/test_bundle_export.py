@@ -7,7 +7,7 @@ What is exported comes from the bundles' own files: every training stage (``mona
 trains a network whose input and output are the stage's entries of ``network_data_format`` (in order: KNEEL's stage 2
 is ``roi`` / ``roi_pred``). The networks are the bundles' ``quick.json`` variants (the real channel counts, narrower
 layers) with random weights, saved with the record the training would write; the commands get the evaluation and
-inference composition (``train.json`` + ``bundles/common/configs/trained_model.json`` + the bundle's own) and rebuild the
+inference composition (``train.json`` + ``bundles/common/configs/inference.json`` + the bundle's ``model_overlays``) and rebuild the
 network from the record. A network that ``torch.jit.script`` compiles is exported scripted, else traced (the
 bundles feed fixed-size inputs). One bundle runs the documented ``python -m monai.bundle ...`` command lines (in the
 background from the start of the module); the others call the same ``monai.bundle`` functions in-process.
