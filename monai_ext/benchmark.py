@@ -489,9 +489,8 @@ FORMER_IDS = {
     "unit": "nothing: the datalist's header sets it (id 'header')",
     "flip_pairs": "nothing: the datalist's header sets it (id 'header')",
     "stage1_size": "spatial_size (stage 1 is train.json)",
+    "lr_decay": "lr_scheduler#end_factor (1.0: a constant learning rate)",
     "stage2": "the top-level id (KNEEL's stage 2 is a training run of its own, train.json + stage2.json)",
-    "ckpt_interval_epochs": "nothing: the latest checkpoint is written every epoch",
-    "ckpt_interval_iters": "nothing: the latest checkpoint is written every epoch",
 }
 
 

@@ -206,9 +206,12 @@ class ModelConfig:
     def keys(self) -> list[str]:
         return [*self.config.get("values", {}), *self.config.get("defaults", {})]
 
-    def check(self, current: Mapping[str, Any]) -> None:
+    def check(
+        self, current: Mapping[str, Any],
+        advice: str = "drop these overrides: the trained model's own values are used without them",
+    ) -> None:
         """Raise :class:`ModelConfigMismatch` listing every id of ``current`` whose value differs from the recorded
-        one (``values`` only; ids the record does not have are not checked)."""
+        one (``values`` only; ids the record does not have are not checked), followed by ``advice``."""
         recorded = self.config.get("values", {})
         problems = []
         for key, value in current.items():
@@ -218,7 +221,7 @@ class ModelConfig:
             raise ModelConfigMismatch(
                 f"{self.source}: the configuration differs from the one the model was trained with:\n"
                 + "\n".join(problems)
-                + "\n(drop these overrides: the trained model's own values are used without them)"
+                + f"\n({advice})"
             )
 
 

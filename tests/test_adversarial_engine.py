@@ -273,3 +273,49 @@ def test_checkpoint_resume_continues_iterations_with_identical_state(tmp_path):
     assert first.state.iteration == 4
     for a, b in zip(_params(g1, p1, c1), _params(g2, p2, c2)):
         torch.testing.assert_close(a, b)
+
+
+def _ddp_worker(rank: int, world_size: int, init_file: str, queue) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from monai_ext.utils import place_network
+
+    os.environ["WORLD_SIZE"] = str(world_size)  # what torchrun sets: place_network wraps in DDP
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        g, p, c = _nets(seed=0)  # the same start on every rank (DDP also broadcasts rank 0's)
+        g, p, c = (place_network(n, "cpu") for n in (g, p, c))
+        assert all(isinstance(n, torch.nn.parallel.DistributedDataParallel) for n in (g, p, c))
+        _trainer(_batches(2, seed=10 + rank), g, p, c, max_epochs=2).run()  # different data on every rank
+        # parameters (BatchNorm running statistics are per rank between DDP's buffer broadcasts); by value, not shared
+        queue.put((rank, [t.detach().numpy().copy() for n in (g, p, c) for t in n.module.parameters()]))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_training_keeps_generator_and_discriminators_identical_across_ranks(tmp_path):
+    """Under torchrun every network of the adversarial trainer is DDP-wrapped (``place_network``): after steps on
+    different data the two ranks' generator, pose and confidence discriminator parameters are still the same."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    try:  # read before joining: a worker exits only once its result has left the pipe
+        results = [queue.get(timeout=300) for _ in range(2)]
+    finally:
+        for proc in procs:
+            proc.join(60)
+            if proc.is_alive():
+                proc.kill()
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    states = {r: [torch.from_numpy(a) for a in arrays] for r, arrays in results}
+    start = [t.detach() for n in _nets(seed=0) for t in n.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(start, states[0])), "no step was taken"
+    for a, b in zip(states[0], states[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -152,3 +152,40 @@ def test_prepare_two_stage_batch():
     _, target, _, kwargs = PrepareTwoStageBatch()(batch)
     assert [tuple(o.shape) for o in kwargs["originals"]] == [(1, 20, 16), (1, 9, 7)] and target is None
     assert "image_original" not in batch and kwargs["affines"].shape == (2, 4, 4)
+
+
+def test_stage2_must_fit_the_stage1_model_in_training_and_end_to_end(tmp_path):
+    """Stage 2 starts from, and is used after, one stage-1 model: landmarks and ROI groups other than the stage-1
+    model's record are an error naming them, when stage 2 is built from stage 1 and when the two are used together."""
+    from bundle_workflow import save_untrained_model, workflow_files
+    from conftest import REPO
+
+    from monai_ext.bundle import ModelConfigMismatch, read_config
+
+    kneel = REPO / "bundles" / "kneel"
+    save_untrained_model(kneel, tmp_path)  # stage 1: the default groups (two knees of 8 landmarks)
+    other_groups = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+    paths = {"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data")}
+
+    stage2 = read_config(workflow_files(kneel, ["train.json"], "stage2.json"), **paths, roi_groups=other_groups,
+                         roi_flip=[False] * 4, roi_group_names=list("abcd"))
+    with pytest.raises(RuntimeError) as raised:  # MONAI wraps what an expression raises
+        stage2.get_parsed_content("network")
+    error = raised.value.__cause__
+    assert isinstance(error, ModelConfigMismatch) and "roi_groups" in str(error) and "header" not in str(error)
+    assert "train stage 2 with stage 1's datalist" in str(error)
+    stage2["roi_groups"] = "%bundles/kneel/configs/train.json#roi_groups"
+    stage2["roi_flip"] = "%bundles/kneel/configs/train.json#roi_flip"
+    stage2["roi_group_names"] = "%bundles/kneel/configs/train.json#roi_group_names"
+    assert stage2.get_parsed_content("network") is not None  # the stage-1 groups: transferred
+
+    # a stage 2 trained for other groups, next to this stage 1: evaluation stops before running
+    save_untrained_model(kneel, tmp_path, stage="stage2.json", roi_groups=other_groups, roi_flip=[False] * 4,
+                         roi_group_names=list("abcd"))
+    evaluate = read_config(workflow_files(kneel, ["evaluate.json"]), **paths)
+    with pytest.raises(RuntimeError) as raised:
+        for i in range(len(evaluate.get("initialize"))):
+            evaluate.get_parsed_content(f"initialize#{i}")
+    error = raised.value.__cause__
+    assert isinstance(error, ModelConfigMismatch) and "roi_groups" in str(error)
+    assert "stage 2 was trained after another stage 1" in str(error)

@@ -29,6 +29,7 @@ from monai.engines import PrepareBatch, SupervisedTrainer
 from monai.networks.utils import copy_model_state
 from monai.utils import CommonKeys
 
+from monai_ext.bundle import ModelConfig
 from monai_ext.transforms.mix import Mixup, mixup_loss
 
 __all__ = [
@@ -170,11 +171,18 @@ def init_from_checkpoint(
     return list(copied), list(kept)
 
 
-def transferred(network: nn.Module, path: str | os.PathLike, enabled: Any = True, map_location: Any = "cpu") -> nn.Module:
+def transferred(
+    network: nn.Module, path: str | os.PathLike, enabled: Any = True, map_location: Any = "cpu",
+    values: Mapping[str, Any] | None = None,
+) -> nn.Module:
     """``network`` initialised from the checkpoint at ``path`` (:func:`init_from_checkpoint`) when ``enabled`` — the
-    stage-2 model starting from the stage-1 weights — else unchanged; returned for use as a bundle's ``network``."""
+    stage-2 model starting from the stage-1 weights — else unchanged; returned for use as a bundle's ``network``.
+    ``values`` (e.g. the landmark header and ROI groups of the stage-2 run) must equal the stage-1 model's record
+    (:meth:`monai_ext.bundle.ModelConfig.check`): a stage 2 trained on other landmarks or groups would not fit it."""
     from monai_ext.utils import as_flag
 
     if as_flag(enabled, "init_from_stage1"):
+        if values:
+            ModelConfig.load(path).check(values, advice="train stage 2 with stage 1's datalist and configs, or retrain stage 1")
         init_from_checkpoint(network, path, map_location)
     return network

@@ -3,8 +3,8 @@
 With a ``DistributedSampler`` every rank predicts its own part of the images. Each rank writes its records as a
 prediction shard ``<name>.rank<r>.json`` / ``.csv`` (atomically); after a barrier rank 0 merges the shards into
 ``<name>.json`` / ``.csv``, the files a single-process run writes (images sorted by path, each once, see
-:func:`~monai_ext.data.predictions.merge_prediction_records`), and removes them. The bundles'
-``configs/multi_gpu_evaluate.json`` and ``configs/multi_gpu_inference.json`` set this up;
+:func:`~monai_ext.data.predictions.merge_prediction_records`), and removes them. Under ``torchrun``
+the shared ``bundles/common/configs/{evaluate,inference}.json`` shard the data (``monai_ext.utils.distributed_sampler``);
 :class:`~monai_ext.handlers.writers.LandmarkPredictionWriter` does it by itself when the process group has more
 than one rank. Outside a process group (or with one rank) every function here is the single-process case.
 """
