@@ -95,10 +95,15 @@ class FitToShape(Transform):
         spatial_size: output ``(W, H)`` in pixels.
         mode: interpolation for ``Resize`` (``"area"`` averages when shrinking; ``"bilinear"`` for
             enlarging); ``anti_aliasing`` as MONAI's ``Resize``.
-        pad_value: constant for the padded border.
+        pad_value: constant for the padded border, or ``"min"``: the image's minimum (after the intensity
+            window that is its darkest value, whatever the stored range, e.g. negative modality-LUT values).
     """
 
-    def __init__(self, spatial_size: Sequence[int], mode: str = "area", anti_aliasing: bool = False, pad_value: float = 0.0):
+    def __init__(
+        self, spatial_size: Sequence[int], mode: str = "area", anti_aliasing: bool = False, pad_value: float | str = 0.0
+    ):
+        if isinstance(pad_value, str) and pad_value != "min":
+            raise ValueError(f"FitToShape: pad_value must be a number or 'min', got {pad_value!r}.")
         self.spatial_size = tuple(int(s) for s in spatial_size)
         self.mode = mode
         self.anti_aliasing = anti_aliasing
@@ -120,7 +125,8 @@ class FitToShape(Transform):
         shape = self.resized_shape(img)
         kwargs = {"anti_aliasing": self.anti_aliasing} if self.mode != "area" else {}
         out = Resize(shape, mode=self.mode, **kwargs)(img)
-        return SpatialPad(self.spatial_size, method="symmetric", value=self.pad_value)(out)
+        value = float(out.min()) if self.pad_value == "min" else float(self.pad_value)
+        return SpatialPad(self.spatial_size, method="symmetric", value=value)(out)
 
 
 class LandmarkFlip(Transform):
@@ -145,6 +151,17 @@ class LandmarkFlip(Transform):
         out = self.flipper(img)
         pts = move_points(landmarks, old, out.affine)
         return out, pts[..., self.permutation(pts.shape[-2]), :]
+
+
+def grid_sample_padded(
+    img: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros", pad_value: float = 0.0
+) -> torch.Tensor:
+    """``F.grid_sample`` (``align_corners=False``) of ``img`` ``(B, C, *spatial)`` whose ``"zeros"`` padding fills
+    ``pad_value`` instead of 0 (the value the preprocessing gives to the outside of an image, e.g. the intensity
+    window's darkest value), so augmented borders look like the borders of a fitted test image."""
+    if padding_mode != "zeros" or float(pad_value) == 0.0:
+        return F.grid_sample(img, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
+    return F.grid_sample(img - pad_value, grid, mode=mode, padding_mode="zeros", align_corners=False) + pad_value
 
 
 def _smooth_field(rng: np.random.RandomState, spatial_shape: Sequence[int], num_control_points: int, magnitude: float):
@@ -185,6 +202,7 @@ class RandLandmarkElastic(RandomizableTransform):
         num_control_points: control points per axis (including the borders).
         magnitude: std of the control-point displacements in pixels.
         mode / padding_mode: ``grid_sample`` interpolation and padding for the image.
+        pad_value: the value ``"zeros"`` padding fills (:func:`grid_sample_padded`).
     """
 
     def __init__(
@@ -196,6 +214,7 @@ class RandLandmarkElastic(RandomizableTransform):
         padding_mode: str = "zeros",
         iterations: int = 30,
         tolerance: float = 0.01,
+        pad_value: float = 0.0,
     ):
         RandomizableTransform.__init__(self, prob)
         if num_control_points < 2:
@@ -204,6 +223,7 @@ class RandLandmarkElastic(RandomizableTransform):
         self.magnitude = magnitude
         self.mode = mode
         self.padding_mode = padding_mode
+        self.pad_value = float(pad_value)
         self.iterations = iterations
         self.tolerance = tolerance
         self._field: torch.Tensor | None = None
@@ -224,7 +244,7 @@ class RandLandmarkElastic(RandomizableTransform):
         coords = torch.stack(axes, -1) + torch.movedim(self._field, 0, -1)
         grid = _grid_coords(coords.reshape(-1, nd), spatial).reshape(1, *spatial, nd)
         data = convert_to_tensor(img, track_meta=False).float()
-        warped = F.grid_sample(data[None], grid, mode=self.mode, padding_mode=self.padding_mode, align_corners=False)[0]
+        warped = grid_sample_padded(data[None], grid, self.mode, self.padding_mode, self.pad_value)[0]
         return convert_to_dst_type(warped, img)[0]  # keeps the MetaTensor's meta and affine
 
     def move_points(self, landmarks: torch.Tensor) -> torch.Tensor:

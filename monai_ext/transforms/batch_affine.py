@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.utils import convert_to_tensor
+from monai_ext.transforms.array import grid_sample_padded
 
 __all__ = ["BatchRandAffine"]
 
@@ -66,6 +67,7 @@ class BatchRandAffine:
         prob: probability of transforming a sample at all (otherwise identity, no flip).
         isotropic_scale: one scale factor for both axes (from ``r_x``).
         mode, padding_mode: ``grid_sample`` interpolation and padding.
+        pad_value: the value ``"zeros"`` padding fills (:func:`~monai_ext.transforms.array.grid_sample_padded`).
         margin: pixels beyond the outer pixel centres a landmark may lie before it becomes NaN.
         seed: seed of the ``torch.Generator`` (one per device, see :meth:`set_random_state`); ``None``: random.
 
@@ -86,6 +88,7 @@ class BatchRandAffine:
         padding_mode: str = "zeros",
         margin: float = 0.5,
         seed: int | None = 0,
+        pad_value: float = 0.0,
     ):
         self.rotate_range = float(rotate_range)
         self.scale_range = _pair(scale_range, "scale_range")
@@ -96,6 +99,7 @@ class BatchRandAffine:
         self.isotropic_scale = bool(isotropic_scale)
         self.mode = mode
         self.padding_mode = padding_mode
+        self.pad_value = float(pad_value)
         self.margin = float(margin)
         self._generators: dict[str, torch.Generator] = {}
         self._matrix: torch.Tensor | None = None
@@ -198,7 +202,7 @@ class BatchRandAffine:
         to_grid = _pixel_to_grid(spatial, torch.float64, img.device)
         theta = (to_grid @ torch.linalg.inv(mat) @ torch.linalg.inv(to_grid))[:, :2, :]
         grid = F.affine_grid(theta.to(img.dtype), list(img.shape), align_corners=False)
-        warped = F.grid_sample(img, grid, mode=self.mode, padding_mode=self.padding_mode, align_corners=False)
+        warped = grid_sample_padded(img, grid, self.mode, self.padding_mode, self.pad_value)
         if landmarks is None:
             return warped, None
         pts = convert_to_tensor(landmarks, track_meta=False)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from monai.utils import convert_to_tensor
 
+from monai_ext.transforms.array import grid_sample_padded
 from monai_ext.transforms.batch_affine import BatchRandAffine
 
 __all__ = ["BatchRandAffineElastic", "evaluation_transforms", "per_sample_augmentation", "targets_on_device"]
@@ -70,9 +71,10 @@ class BatchRandAffineElastic(BatchRandAffine):
         padding_mode: str = "zeros",
         margin: float = 0.5,
         seed: int | None = 0,
+        pad_value: float = 0.0,
     ):
         super().__init__(rotate_range, scale_range, translate_range, flip_prob, flip_pairs, prob, isotropic_scale,
-                         mode, padding_mode, margin, seed)
+                         mode, padding_mode, margin, seed, pad_value)
         if int(elastic_control_points) < 2:
             raise ValueError(f"BatchRandAffineElastic: elastic_control_points must be >= 2, got {elastic_control_points}.")
         if not 0.0 <= float(elastic_prob) <= 1.0 or float(elastic_magnitude) < 0:
@@ -90,7 +92,7 @@ class BatchRandAffineElastic(BatchRandAffine):
     def from_augmentation(cls, transforms: Sequence, seed: int | None = 0, **kwargs) -> BatchRandAffineElastic:
         """The batch version of a per-sample augmentation list (a bundle's ``augmentation``): rotation, scaling and
         translation ranges and padding of its ``RandAffined`` (bare or inside
-        :class:`~monai_ext.transforms.ApplyWithLandmarksd`), probability, control points and magnitude of its
+        :class:`~monai_ext.transforms.ApplyWithLandmarksd`, whose ``pad_value`` it takes), probability, control points and magnitude of its
         :class:`~monai_ext.transforms.RandLandmarkElasticd` (none: no deformation). Other transforms (intensity) stay
         per sample. ``kwargs`` override any argument."""
         from monai.transforms import RandAffined
@@ -105,10 +107,15 @@ class BatchRandAffineElastic(BatchRandAffine):
                 args.update(rotate_range=float(grid.rotate_range[0]) if grid.rotate_range else 0.0,
                             scale_range=tuple(float(r) for r in grid.scale_range) or 0.0,
                             translate_range=tuple(float(r) for r in grid.translate_range) or 0.0,
-                            prob=float(inner.prob), padding_mode=str(inner.padding_mode[0]))
+                            prob=float(inner.prob), padding_mode=str(inner.padding_mode[0]),
+                            pad_value=float(getattr(t, "pad_value", 0.0)))
             elif isinstance(inner, RandLandmarkElasticd):
                 args.update(elastic_prob=float(inner.prob), elastic_control_points=int(inner.elastic.num_control_points),
                             elastic_magnitude=float(inner.elastic.magnitude))
+                if float(inner.elastic.pad_value) != float(args.get("pad_value", inner.elastic.pad_value)):
+                    raise ValueError(f"BatchRandAffineElastic.from_augmentation: the affine pads with {args['pad_value']}, "
+                                     f"the elastic deformation with {inner.elastic.pad_value}; one warp pads with one value.")
+                args.setdefault("pad_value", float(inner.elastic.pad_value))
         args.update(kwargs)
         return cls(**args)
     def randomize(self, batch_size: int, spatial_shape: Sequence[int], device: torch.device | str = "cpu") -> None:
@@ -164,8 +171,8 @@ class BatchRandAffineElastic(BatchRandAffine):
         r = q[None] + field.permute(0, 2, 3, 1)  # (B, W, H, 2): where each output pixel samples the affine output
         inv = torch.linalg.inv(mat)
         src = torch.einsum("bij,bwhj->bwhi", inv[:, :2, :2], r) + inv[:, None, None, :2, 2]
-        warped = F.grid_sample(img, _to_grid(src, spatial).to(img.dtype), mode=self.mode,
-                               padding_mode=self.padding_mode, align_corners=False)
+        warped = grid_sample_padded(img, _to_grid(src, spatial).to(img.dtype), self.mode, self.padding_mode,
+                                    self.pad_value)
         if landmarks is None:
             return warped, None
         pts = convert_to_tensor(landmarks, track_meta=False)

@@ -75,12 +75,22 @@ class ApplyWithLandmarksd(Randomizable, MapTransform):
         transform: the MONAI dictionary transform, acting on ``image_key`` (its own ``keys``).
         image_key: the image whose affine the landmarks follow.
         landmark_keys: point keys to move (missing ones are skipped).
+        pad_value: the value the wrapped transform's ``"zeros"`` padding fills in ``image_key`` (MONAI's resampler
+            pads with 0 only): the image is shifted by ``-pad_value`` before and ``+pad_value`` after, so a rotated
+            border gets the value the fit gives to the outside of the image (the intensity window's darkest value).
     """
 
-    def __init__(self, transform: MapTransform, image_key: str = "image", landmark_keys: KeysCollection = "landmarks"):
+    def __init__(
+        self,
+        transform: MapTransform,
+        image_key: str = "image",
+        landmark_keys: KeysCollection = "landmarks",
+        pad_value: float = 0.0,
+    ):
         MapTransform.__init__(self, ensure_tuple(landmark_keys), allow_missing_keys=True)
         self.transform = transform
         self.image_key = image_key
+        self.pad_value = float(pad_value)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)
@@ -94,7 +104,11 @@ class ApplyWithLandmarksd(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         old = d[self.image_key].affine.clone()
+        if self.pad_value:
+            d[self.image_key] = d[self.image_key] - self.pad_value
         d = dict(self.transform(d))
+        if self.pad_value:
+            d[self.image_key] = d[self.image_key] + self.pad_value
         _move_all(d, self.keys, old, d[self.image_key].affine)
         return d
 
@@ -109,7 +123,7 @@ class FitToShaped(MapTransform):
         landmark_keys: KeysCollection = "landmarks",
         mode: str = "area",
         anti_aliasing: bool = False,
-        pad_value: float = 0.0,
+        pad_value: float | str = 0.0,
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
@@ -171,11 +185,14 @@ class RandLandmarkElasticd(RandomizableTransform, MapTransform):
         magnitude: float = 4.0,
         mode: str = "bilinear",
         padding_mode: str = "zeros",
+        pad_value: float = 0.0,
         allow_missing_keys: bool = False,
     ):
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        self.elastic = RandLandmarkElastic(1.0, num_control_points, magnitude, mode=mode, padding_mode=padding_mode)
+        self.elastic = RandLandmarkElastic(
+            1.0, num_control_points, magnitude, mode=mode, padding_mode=padding_mode, pad_value=pad_value
+        )
         self.landmark_keys = ensure_tuple(landmark_keys)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
