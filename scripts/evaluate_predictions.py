@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import fire
 import numpy as np
@@ -91,39 +91,29 @@ def _reference(reference: Any, distance_mm: float | None, datalist_reference: di
     return i, j, float(distance_mm if distance_mm is not None else 50.0)
 
 
-def evaluate_predictions(
+class PredictionErrors(NamedTuple):
+    """Radial errors of a prediction file against its ground truth (:func:`prediction_errors`)."""
+
+    errors: np.ndarray  # (N, K) in ``unit``: NaN where the ground truth is missing, +inf for a failed point
+    images: list[str]  # N ground-truth image keys, in ground-truth order (absolute paths for a datalist)
+    unit: str  # "mm" or "px"
+    landmark_names: list[str] | None  # K names (ground truth's, else the predictions'), None when unknown
+    evaluation: dict[str, Any]  # files, section, spacing mode, matched/unmatched/failed images
+
+
+def prediction_errors(
     pred: str,
     gt: str,
     section: str = "validation",
     spacing_mode: str = "auto",
     reference: Any = None,
     distance_mm: float | None = None,
-    out_dir: str | None = None,
-    radii: Any = DEFAULT_RADII,
-    outlier_radius: float = 10.0,
     missing: str = "fail",
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Compare predictions with ground truth and return the summary dict (also printed, and written to ``out_dir``).
+) -> PredictionErrors:
+    """Pair the images of a prediction file with the ground truth and compute every point's radial error.
 
-    Args:
-        pred: prediction file (JSON, long CSV or wide CSV).
-        gt: ground truth: datalist JSON or wide CSV.
-        section: datalist section to evaluate against (ignored for a CSV).
-        spacing_mode: how pixels become mm: ``"datalist"`` (per-image ``spacing`` of the ground truth),
-            ``"image"`` (the spacing the prediction file records, read from the image by inference),
-            ``"reference_distance"`` (landmarks ``reference`` are ``distance_mm`` apart in every image),
-            ``"pixel"`` (errors in pixels) or ``"auto"``: pixels for a ``pixel`` datalist, else the datalist's
-            spacing when every image has one, else the reference distance for a ``reference_distance``
-            datalist, else the prediction file's spacing when every image has one, else pixels.
-        reference: the two reference landmark indices ``i,j`` (default: the datalist's ``reference``).
-        distance_mm: their physical distance (default: the datalist's, else 50).
-        out_dir: folder for summary.json, per_landmark.csv and errors.csv.
-        radii: SDR/PCK radii, in mm (or px when errors are in pixels).
-        outlier_radius: errors above it are outliers.
-        missing: ground-truth images without a prediction: ``"fail"`` counts their points as failed
-            detections, ``"skip"`` leaves them out. Either way they are listed in the summary.
-        quiet: do not print.
+    The arguments are those of :func:`evaluate_predictions`; ``errors`` is ``(N, K)`` for the N evaluated
+    ground-truth images (with ``missing="fail"`` those without a prediction too, all ``+inf``).
     """
     if spacing_mode not in SPACING_MODES:
         raise ValueError(f"--spacing_mode must be one of {SPACING_MODES}, got {spacing_mode!r}.")
@@ -177,13 +167,11 @@ def evaluate_predictions(
     if len(n_landmarks) > 1:
         raise LandmarkDataError(f"{gt}: images have different landmark counts {sorted(n_landmarks)}.")
 
-    unit = "px" if mode == "pixel" else "mm"
     errors = radial_errors(np.stack(pred_points), np.stack(gt_points), np.stack(spacings) if spacings else None)
     names = truth.landmark_names or preds.landmark_names
     if names is not None and len(names) != errors.shape[1]:
         names = None
-    summary = summarize_errors(errors, _floats(radii), float(outlier_radius), names, unit)
-    summary["evaluation"] = {
+    evaluation = {
         "pred_file": str(pred),
         "gt_file": str(gt),
         "section": section if Path(gt).suffix.lower() == ".json" else None,
@@ -196,16 +184,58 @@ def evaluate_predictions(
         "unmatched_predictions": unmatched_pred,
         "unmatched_ground_truth": unmatched_gt,
     }
+    return PredictionErrors(errors, [g for _, g in evaluated], "px" if mode == "pixel" else "mm", names, evaluation)
+
+
+def evaluate_predictions(
+    pred: str,
+    gt: str,
+    section: str = "validation",
+    spacing_mode: str = "auto",
+    reference: Any = None,
+    distance_mm: float | None = None,
+    out_dir: str | None = None,
+    radii: Any = DEFAULT_RADII,
+    outlier_radius: float = 10.0,
+    missing: str = "fail",
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Compare predictions with ground truth and return the summary dict (also printed, and written to ``out_dir``).
+
+    Args:
+        pred: prediction file (JSON, long CSV or wide CSV).
+        gt: ground truth: datalist JSON or wide CSV.
+        section: datalist section to evaluate against (ignored for a CSV).
+        spacing_mode: how pixels become mm: ``"datalist"`` (per-image ``spacing`` of the ground truth),
+            ``"image"`` (the spacing the prediction file records, read from the image by inference),
+            ``"reference_distance"`` (landmarks ``reference`` are ``distance_mm`` apart in every image),
+            ``"pixel"`` (errors in pixels) or ``"auto"``: pixels for a ``pixel`` datalist, else the datalist's
+            spacing when every image has one, else the reference distance for a ``reference_distance``
+            datalist, else the prediction file's spacing when every image has one, else pixels.
+        reference: the two reference landmark indices ``i,j`` (default: the datalist's ``reference``).
+        distance_mm: their physical distance (default: the datalist's, else 50).
+        out_dir: folder for summary.json, per_landmark.csv and errors.csv.
+        radii: SDR/PCK radii, in mm (or px when errors are in pixels).
+        outlier_radius: errors above it are outliers.
+        missing: ground-truth images without a prediction: ``"fail"`` counts their points as failed
+            detections, ``"skip"`` leaves them out. Either way they are listed in the summary.
+        quiet: do not print.
+    """
+    result = prediction_errors(pred, gt, section, spacing_mode, reference, distance_mm, missing)
+    summary = summarize_errors(result.errors, _floats(radii), float(outlier_radius), result.landmark_names, result.unit)
+    summary["evaluation"] = result.evaluation
     if not quiet:
+        unmatched_gt = result.evaluation["unmatched_ground_truth"]
+        unmatched_pred = result.evaluation["unmatched_predictions"]
         print(format_summary(summary))
-        print(f"spacing: {mode}; matched images: {len(pairs)}")
+        print(f"spacing: {result.evaluation['spacing_mode']}; matched images: {result.evaluation['n_matched']}")
         if unmatched_gt:
             action = "counted as failed" if missing == "fail" else "skipped"
             print(f"{len(unmatched_gt)} ground-truth image(s) without prediction ({action}): {unmatched_gt[:10]}")
         if unmatched_pred:
             print(f"{len(unmatched_pred)} prediction(s) without ground truth (ignored): {unmatched_pred[:10]}")
     if out_dir is not None:
-        _write_reports(Path(out_dir), summary, errors, [g for _, g in evaluated])
+        _write_reports(Path(out_dir), summary, result.errors, result.images)
         if not quiet:
             print(f"wrote {Path(out_dir) / 'summary.json'}, per_landmark.csv, errors.csv")
     return summary

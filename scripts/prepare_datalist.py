@@ -5,17 +5,22 @@ Examples::
     # the real datasets of ../shared/data (images are referenced, never copied)
     python scripts/prepare_datalist.py shared --dataset hand_xray      # -> data/hand_xray/datalist.json
     python scripts/prepare_datalist.py shared --dataset spine_aasce    # -> data/spine_aasce/datalist.json
+    # K-fold cross-validation: K datalists whose test sections partition the images (Payer et al.: 3 folds)
+    python scripts/prepare_datalist.py shared --dataset hand_xray --folds 3  # -> data/hand_xray/datalist_fold0.json ...
     # a folder of DICOMs and a CSV (image,x0,y0,x1,y1,...) or JSON ({image: [[x, y], ...]}) of points
     python scripts/prepare_datalist.py dicom_folder --folder my/dicoms --points my/points.csv \\
         --out data/mine/datalist.json
     # a folder of images to run inference on (a "test" section, no landmarks)
     python scripts/prepare_datalist.py images_folder --folder my/images --out data/infer/datalist.json
 
-Image paths in the datalist are relative to the datalist's folder. Points are ``(x, y)`` pixels of the
-original image (x = column, y = row, pixel centres at integers); a missing point is an empty cell (both
-coordinates) in CSV and ``null`` in JSON. Every bad input row is reported at once, with its line, file
-and reason (:class:`~monai_ext.errors.DatalistValidationError`); the datalist is validated with
-:func:`~monai_ext.data.datalist.validate_datalist` before it replaces ``out``.
+Every command that splits writes three disjoint, seeded sections: ``training``, ``validation`` (checkpoint
+selection) and ``test`` (the figures: never seen while training or selecting), with ``split_seed`` and
+``split_sizes`` recorded; ``--folds K`` writes K datalists instead (``fold``, ``folds`` recorded) whose ``test``
+sections together hold every image exactly once. Image paths in the datalist are relative to the datalist's
+folder. Points are ``(x, y)`` pixels of the original image (x = column, y = row, pixel centres at integers); a
+missing point is an empty cell (both coordinates) in CSV and ``null`` in JSON. Every bad input row is reported at
+once, with its line, file and reason (:class:`~monai_ext.errors.DatalistValidationError`); the datalist is
+validated with :func:`~monai_ext.data.datalist.validate_datalist` before it replaces ``out``.
 """
 
 from __future__ import annotations
@@ -52,14 +57,13 @@ COBB_COLUMNS = ("cobb_main", "cobb_upper", "cobb_lower")
 HAND_LANDMARKS = tuple(f"L{i}" for i in range(37))  # Payer et al. 2019 numbering; the data gives no names
 HAND_REFERENCE = {"landmarks": [1, 5], "distance_mm": 50.0}
 
-#: per shared dataset: landmark names, flip pairs, extra CSV columns, default validation size, description.
+#: per shared dataset: landmark names, flip pairs, extra CSV columns, description.
 SHARED = {
     "hand_xray": {
         "landmarks": HAND_LANDMARKS,
         # a flipped left hand is a right hand with the same labels: flipping permutes no landmark
         "flip_pairs": (),
         "extra_columns": (),
-        "n_val": 21,
         "description": "Digital Hand Atlas subset (37 landmarks, Payer et al. 2019); spacing from the 50 mm "
         "wrist width between landmarks 1 and 5.",
     },
@@ -67,13 +71,14 @@ SHARED = {
         "landmarks": SPINE_LANDMARKS,
         "flip_pairs": SPINE_FLIP_PAIRS,
         "extra_columns": COBB_COLUMNS,
-        "n_val": 96,
         "description": "AASCE 2019 training part: 4 corners of T1..L5 (68 landmarks), Cobb angles in 'cobb' "
         "[main, upper, lower] degrees; no pixel spacing (errors in pixels).",
     },
 }
 
 IMAGE_SUFFIXES = DICOM_SUFFIXES + NIFTI_SUFFIXES + PIL_SUFFIXES
+#: default validation / test fractions of all images (rounded): 11 / 22 of hand_xray's 112, 48 / 96 of spine_aasce's 481
+VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,21 +281,80 @@ def read_points(path: str | os.PathLike, folder: str | os.PathLike, num_landmark
 
 def split_indices(n: int, n_val: int, seed: int = 0) -> tuple[list[int], list[int]]:
     """Seeded split of ``range(n)`` into sorted training and validation indices (``n_val`` of them)."""
-    if not 0 <= n_val <= n:
-        raise ValueError(f"n_val must be in 0..{n}, got {n_val}")
-    val = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
-    return [i for i in range(n) if i not in val], sorted(val)
+    train, val, _ = split_sections(n, n_val, 0, seed)
+    return train, val
 
 
-def _n_val(n: int, val_fraction: float | None, n_val: int | None, default: int | None = None) -> int:
-    if n_val is not None:
-        return int(n_val)
-    if val_fraction is None:
-        return int(default) if default is not None else 0
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    k = int(round(float(val_fraction) * n))
-    return min(max(k, 1 if val_fraction > 0 and n > 1 else 0), max(n - 1, 0))
+def split_sections(n: int, n_val: int, n_test: int = 0, seed: int = 0) -> tuple[list[int], list[int], list[int]]:
+    """Seeded split of ``range(n)`` into sorted, disjoint training, validation and test indices.
+
+    The test images are drawn first, so the test section depends only on ``(n, n_test, seed)``: changing the
+    validation size never moves an image into or out of the test section. With ``n_test=0`` the validation is
+    that of :func:`split_indices`.
+    """
+    if not 0 <= n_test <= n:
+        raise ValueError(f"n_test must be in 0..{n}, got {n_test}")
+    if not 0 <= n_val <= n - n_test:
+        raise ValueError(f"n_val must be in 0..{n - n_test} (n={n}, n_test={n_test}), got {n_val}")
+    perm = np.random.default_rng(seed).permutation(n).tolist()
+    test, val = set(perm[:n_test]), set(perm[n_test : n_test + n_val])
+    return [i for i in range(n) if i not in test and i not in val], sorted(val), sorted(test)
+
+
+def fold_indices(n: int, folds: int, seed: int = 0) -> list[list[int]]:
+    """``folds`` disjoint, seeded, near-equal parts of ``range(n)`` (sizes differ by at most one), each sorted;
+    together they hold every index exactly once."""
+    if isinstance(folds, bool) or int(folds) != folds or not 2 <= folds <= n:
+        raise ValueError(f"folds must be an integer in 2..{n} (the number of images), got {folds!r}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return [sorted(part.tolist()) for part in np.array_split(perm, int(folds))]
+
+
+def fold_sections(
+    n: int, folds: int, n_val: int, seed: int = 0
+) -> list[tuple[list[int], list[int], list[int]]]:
+    """Sorted ``(training, validation, test)`` indices of each of ``folds`` folds of ``range(n)``.
+
+    The test parts are :func:`fold_indices`; the other images of fold ``k`` are split into ``n_val`` validation
+    images (seeded by ``(seed, k)``) and training.
+    """
+    parts = fold_indices(n, folds, seed)
+    largest = max(len(p) for p in parts)
+    if not 0 <= n_val <= n - largest - 1:
+        raise ValueError(
+            f"n_val must be in 0..{n - largest - 1}: {n} images in {folds} folds leave {n - largest} images outside "
+            f"the largest test part, and at least one must train; got {n_val}"
+        )
+    sections = []
+    for k, test in enumerate(parts):
+        held_out = set(test)
+        rest = [i for i in range(n) if i not in held_out]
+        picked = np.random.default_rng([seed, k]).permutation(len(rest))[:n_val]
+        val = sorted(rest[j] for j in picked.tolist())
+        chosen = set(val)
+        sections.append(([i for i in rest if i not in chosen], val, test))
+    return sections
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"--{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _size(n: int, fraction: float | None, count: int | None, name: str) -> int:
+    """Images in a section: ``count`` (``--n_<name>``), else ``fraction`` (``--<name>_fraction``) of all ``n``
+    images rounded (at least 1 when the fraction is positive, at most ``n - 1``), else 0."""
+    if count is not None and fraction is not None:
+        raise ValueError(f"give --n_{name} or --{name}_fraction, not both")
+    if count is not None:
+        return _count(count, f"n_{name}")
+    if fraction is None:
+        return 0
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) < 1.0:
+        raise ValueError(f"--{name}_fraction must be a number in [0, 1), got {fraction!r}")
+    k = int(round(float(fraction) * n))
+    return min(max(k, 1 if fraction > 0 and n > 1 else 0), max(n - 1, 0))
 
 
 def _relpath(image: Path, out: Path) -> str:
@@ -316,6 +380,64 @@ def _entries(rows: Sequence[dict], folder: Path, out: Path) -> list[dict[str, An
     return [{"image": _relpath(_resolve(r["image"], folder), out), "landmarks": r["landmarks"]} for r in rows]
 
 
+def fold_path(out: str | os.PathLike, fold: int) -> Path:
+    """The datalist of fold ``fold`` next to ``out``: ``data/x/datalist.json`` -> ``data/x/datalist_fold0.json``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_fold{fold}{out.suffix or '.json'}")
+
+
+def _warn_no_validation(where: str) -> None:
+    print(
+        f"warning: {where}: empty 'validation' section. The bundles select their checkpoint on validation: "
+        "training then saves only the resume checkpoint models/checkpoint.pt, no models/model.pt, so neither "
+        "`run evaluating` nor scripts/benchmark.py / cross_validate.py can score the model.",
+        file=sys.stderr,
+    )
+
+
+def _write_splits(
+    header: dict[str, Any],
+    entries: Sequence[dict[str, Any]],
+    out: Path,
+    names: Sequence[str] | None,
+    n_val: int,
+    n_test: int,
+    folds: int | None,
+    seed: int,
+) -> str | list[str]:
+    """Split ``entries`` and publish the datalist ``out`` (``header`` + ``split_seed``, ``split_sizes`` and the
+    ``training``, ``validation`` and, unless ``n_test`` is 0, ``test`` sections), or with ``folds`` the K datalists
+    :func:`fold_path` (``fold``, ``folds`` recorded; ``n_test`` unused). Returns the path or the K paths."""
+    n = len(entries)
+    if folds is None:
+        if n_val + n_test > n - 1:
+            raise ValueError(
+                f"{n} images: {n_test} test + {n_val} validation leave {n - n_test - n_val} for training (at least 1 "
+                "needed); lower --n_test/--test_fraction or --n_val/--val_fraction"
+            )
+        splits = [split_sections(n, n_val, n_test, seed)]
+        targets = [out]
+    else:
+        splits = fold_sections(n, folds, n_val, seed)
+        targets = [fold_path(out, k) for k in range(len(splits))]
+    if n_val == 0:
+        _warn_no_validation(str(out))
+    written = []
+    for k, (train, val, test) in enumerate(splits):
+        doc: dict[str, Any] = {
+            **header,
+            "split_seed": seed,
+            "split_sizes": {"training": len(train), "validation": len(val), "test": len(test)},
+        }
+        if folds is not None:
+            doc.update(fold=k, folds=int(folds))
+        doc.update(training=[entries[i] for i in train], validation=[entries[i] for i in val])
+        if test:
+            doc["test"] = [entries[i] for i in test]
+        written.append(str(_publish(doc, targets[k], names)))
+    return written[0] if folds is None else written
+
+
 def _parse_names(landmarks: Sequence[str] | str | None) -> list[str] | None:
     """Names from a list or a comma-separated string (fire passes either); None stays None."""
     if landmarks is None:
@@ -323,6 +445,41 @@ def _parse_names(landmarks: Sequence[str] | str | None) -> list[str] | None:
     if isinstance(landmarks, str):
         return [n.strip() for n in landmarks.split(",") if n.strip()]
     return [str(n) for n in landmarks]
+
+
+def _check_split_arguments(
+    val_fraction: float | None, n_val: int | None, test_fraction: float | None, n_test: int | None, folds: int | None
+) -> None:
+    """Argument errors that need no data (raised before any file is read)."""
+    if folds is not None:
+        if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+            raise ValueError(f"--folds must be an integer >= 2 (Payer et al.'s hand protocol: 3), got {folds!r}")
+        if n_test is not None or test_fraction is not None:
+            raise ValueError("--folds sets the test sections (each fold's part of the images): "
+                             "do not give --n_test / --test_fraction with it")
+    _size(1, val_fraction, n_val, "val")  # type/range checks only
+    _size(1, test_fraction, n_test, "test")
+
+
+def _sizes(
+    n: int,
+    val_fraction: float | None,
+    n_val: int | None,
+    test_fraction: float | None,
+    n_test: int | None,
+    folds: int | None,
+) -> tuple[int, int]:
+    """``(n_val, n_test)`` for ``n`` images: the counts, else the fractions of ``n``, else :data:`VAL_FRACTION` /
+    :data:`TEST_FRACTION` of ``n``; ``n_test`` is 0 with ``folds`` (which set the test parts)."""
+    _check_split_arguments(val_fraction, n_val, test_fraction, n_test, folds)
+    if folds is not None and folds > n:
+        raise ValueError(f"--folds {folds}: more folds than images ({n})")
+    if val_fraction is None and n_val is None:
+        val_fraction = VAL_FRACTION
+    if test_fraction is None and n_test is None:
+        test_fraction = TEST_FRACTION
+    n_test = 0 if folds is not None else _size(n, test_fraction, n_test, "test")
+    return _size(n, val_fraction, n_val, "val"), n_test
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,26 +494,35 @@ def shared(
     val_fraction: float | None = None,
     n_val: int | None = None,
     seed: int = 0,
-) -> str:
-    """Datalist of a shared dataset (``hand_xray`` or ``spine_aasce``) with a seeded train/validation split.
+    test_fraction: float | None = None,
+    n_test: int | None = None,
+    folds: int | None = None,
+) -> str | list[str]:
+    """Datalist of a shared dataset (``hand_xray`` or ``spine_aasce``) with a seeded training/validation/test split.
 
     Args:
         dataset: folder name under ``data_root``.
         data_root: the shared data folder (default: ``../shared/data`` next to the repository).
         out: datalist path (default ``data/<dataset>/datalist.json`` in the repository, git-ignored).
-        val_fraction / n_val: validation size (default: 21 images for hand_xray, 96 for spine_aasce).
+        val_fraction / n_val: validation size, a fraction of all images or a count (default 10 %: 11 images of
+            hand_xray, 48 of spine_aasce; 0: no validation images, see the warning it prints).
         seed: split seed (the same seed gives every bundle the same split).
+        test_fraction / n_test: test size (default 20 %: 22 images of hand_xray, 96 of spine_aasce; 0: no test
+            section).
+        folds: K >= 2: write K datalists ``<out stem>_fold{k}.json`` instead, whose test sections are K disjoint
+            near-equal seeded parts of all images (the rest of each fold: validation of the size above, training).
 
     hand_xray: names ``L0..L36``, ``spacing_mode`` ``reference_distance`` with each entry's spacing
     ``[s, s]``, ``s = 50 / |g1 - g5|`` mm/pixel. spine_aasce: names ``T1_TL..L5_BR``, flip pairs swap the
     left and right corners of each vertebra, ``spacing_mode`` ``pixel``, ``cobb`` ``[main, upper, lower]``.
 
     Returns:
-        the datalist path.
+        the datalist path, or the K paths with ``folds``.
     """
     if dataset not in SHARED:
         raise ValueError(f"dataset must be one of {sorted(SHARED)}, got {dataset!r}")
     spec = SHARED[dataset]
+    _check_split_arguments(val_fraction, n_val, test_fraction, n_test, folds)
     folder = Path(data_root) / dataset if data_root is not None else SHARED_DATA / dataset
     csv_path = folder / "landmarks.csv"
     if not csv_path.is_file():
@@ -378,7 +544,7 @@ def shared(
             entry["cobb"] = [float(v) for v in row["extra"]]
     if problems:
         raise DatalistValidationError(str(csv_path), problems)
-    train, val = split_indices(len(entries), _n_val(len(entries), val_fraction, n_val, spec["n_val"]), seed)
+    sizes = _sizes(len(entries), val_fraction, n_val, test_fraction, n_test, folds)
     datalist: dict[str, Any] = {
         "name": dataset,
         "description": spec["description"],
@@ -388,8 +554,7 @@ def shared(
     }
     if dataset == "hand_xray":
         datalist["reference"] = dict(HAND_REFERENCE)
-    datalist.update(split_seed=seed, training=[entries[i] for i in train], validation=[entries[i] for i in val])
-    return str(_publish(datalist, out_path, names))
+    return _write_splits(datalist, entries, out_path, names, *sizes, folds, seed)
 
 
 def _dicom_spacing_problem(path: Path) -> str | None:
@@ -413,11 +578,15 @@ def dicom_folder(
     points: str,
     out: str,
     landmarks: Sequence[str] | str | None = None,
-    val_fraction: float = 0.2,
+    val_fraction: float | None = None,
     seed: int = 0,
     flip_pairs: Sequence[Sequence[int]] = (),
     require_spacing: bool = True,
-) -> str:
+    n_val: int | None = None,
+    test_fraction: float | None = None,
+    n_test: int | None = None,
+    folds: int | None = None,
+) -> str | list[str]:
     """Datalist of a folder of DICOMs annotated in ``points``, spacing from the DICOM tags (``"image"``).
 
     Args:
@@ -426,15 +595,19 @@ def dicom_folder(
             ``{image: [[x, y] | null, ...]}``.
         out: datalist path.
         landmarks: landmark names (list or comma-separated); default ``L0..L{K-1}``.
-        val_fraction: fraction of the images put in ``validation`` (seeded by ``seed``).
+        val_fraction / n_val: validation size, a fraction of all images or a count (default 10 %, at least one
+            image; 0: none, see the warning it prints). Seeded by ``seed``.
         flip_pairs: left/right landmark index pairs, if any.
         require_spacing: every image must be a DICOM with a pixel spacing tag (checked from the headers,
             all offending files reported at once); without it, images lacking one are measured in pixels.
+        test_fraction / n_test: test size (default 20 %, at least one image; 0: no test section).
+        folds: K >= 2: K datalists ``<out stem>_fold{k}.json`` instead (see :func:`shared`).
 
     Returns:
-        the datalist path.
+        the datalist path, or the K paths with ``folds``.
     """
     folder_path, out_path = Path(folder), Path(out)
+    _check_split_arguments(val_fraction, n_val, test_fraction, n_test, folds)
     if not folder_path.is_dir():
         raise LandmarkDataError(f"{folder_path}: image folder does not exist")
     names = _parse_names(landmarks)
@@ -447,17 +620,14 @@ def dicom_folder(
         if problems:
             raise DatalistValidationError(str(points), problems)
     entries = _entries(rows, folder_path, out_path)
-    train, val = split_indices(len(entries), _n_val(len(entries), val_fraction, None), seed)
+    sizes = _sizes(len(entries), val_fraction, n_val, test_fraction, n_test, folds)
     datalist = {
         "name": folder_path.resolve().name,
         "landmarks": names,
         "flip_pairs": [[int(i), int(j)] for i, j in flip_pairs],
         "spacing_mode": "image",
-        "split_seed": seed,
-        "training": [entries[i] for i in train],
-        "validation": [entries[i] for i in val],
     }
-    return str(_publish(datalist, out_path, names))
+    return _write_splits(datalist, entries, out_path, names, *sizes, folds, seed)
 
 
 def _is_dicom(path: Path) -> bool:

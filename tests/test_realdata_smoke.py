@@ -58,12 +58,13 @@ def datalists(tmp_path_factory) -> dict[str, Path]:
 def test_hand_datalist(datalists):
     path = datalists["hand_xray"]
     doc = validate_datalist(path, landmark_names=[f"L{i}" for i in range(37)])
-    assert len(doc["training"]) == 91 and len(doc["validation"]) == 21
+    assert len(doc["training"]) == 79 and len(doc["validation"]) == 11 and len(doc["test"]) == 22
+    assert doc["split_sizes"] == {"training": 79, "validation": 11, "test": 22} and doc["split_seed"] == 0
     assert doc["spacing_mode"] == "reference_distance"
     assert doc["reference"] == {"landmarks": [1, 5], "distance_mm": 50.0}
     assert doc["flip_pairs"] == []
     gt = _csv_points("hand_xray")
-    items = load_datalist(path, "training") + load_datalist(path, "validation")
+    items = [it for s in ("training", "validation", "test") for it in load_datalist(path, s)]
     assert sorted(it["image"] for it in items) == sorted(gt)  # every image once, pointing into ../shared/data
     spacing = np.array([it["spacing"] for it in items])
     for it, s in zip(items, spacing):
@@ -76,15 +77,21 @@ def test_hand_datalist(datalists):
     # the split is the same every time (seed 0)
     again = prep.shared("hand_xray", data_root=str(SHARED), out=str(path.parent / "again.json"))
     assert validate_datalist(again)["validation"] == doc["validation"]
+    assert validate_datalist(again)["test"] == doc["test"]
+    # Payer et al.'s 3-fold protocol: the test sections hold every image exactly once
+    folds = prep.shared("hand_xray", data_root=str(SHARED), out=str(path.parent / "cv.json"), folds=3)
+    tests = [load_datalist(f, "test") for f in folds]
+    assert sorted(len(t) for t in tests) == [37, 37, 38]
+    assert sorted(it["image"] for t in tests for it in t) == sorted(gt)
 
 
 def test_spine_datalist(datalists):
     path = datalists["spine_aasce"]
     doc = validate_datalist(path, landmark_names=list(prep.SPINE_LANDMARKS))
-    assert len(doc["training"]) + len(doc["validation"]) == 481
+    assert [len(doc[s]) for s in ("training", "validation", "test")] == [337, 48, 96]
     assert doc["spacing_mode"] == "pixel"
     gt = _csv_points("spine_aasce")
-    items = load_datalist(path, "training") + load_datalist(path, "validation")
+    items = [it for s in ("training", "validation", "test") for it in load_datalist(path, s)]
     assert sorted(it["image"] for it in items) == sorted(gt)
     assert all(len(it["cobb"]) == 3 and "spacing" not in it for it in items)
     # the names match the anatomy: per vertebra, the "L" corners are left of the "R" corners and "T" above "B"
