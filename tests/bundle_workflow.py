@@ -13,7 +13,7 @@ _WORKFLOW_FILES = {"train.json": "train", "evaluate.json": "evaluate", "inferenc
 
 
 def workflow_files(bundle: Path, configs: list[str], stage: str | None = None, quick: bool = True) -> list[str]:
-    """The files of a workflow named the short way: ``["train.json"]``, ``["train.json", "learnable_sigma.json"]``,
+    """The files of a workflow named the short way: ``["train.json"]``, ``["train.json", "cpu.json"]``,
     ``["inference.json"]`` (evaluation and inference: the shared overlay and the bundle's own), ``["hand.json",
     "inference.json"]``; the bundle's ``quick.json`` goes right after its variants (before a trained model's record,
     which then overrides it)."""

@@ -16,7 +16,7 @@ from monai_ext.transforms import RandLandmarkElastic
 from monai_ext.transforms.batch_affine import BatchRandAffine
 from monai_ext.transforms.batch_elastic import BatchRandAffineElastic, sample_field
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "scn"
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "unet_heatmap"
 SHAPE = (64, 80)  # (W, H)
 
 
@@ -91,7 +91,8 @@ def test_missing_and_pushed_out_points_are_nan_and_draws_are_seeded():
 
 
 @pytest.mark.slow
-def test_scn_fast_path_deforms_on_the_device_and_trains(tmp_path: Path):
+def test_fast_path_deforms_on_the_device_and_trains(tmp_path: Path):
+    # the skeleton's augmentation (the baseline bundle); SCN's: tests/test_batch_affine.py
     wf = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path, max_epochs=1, batch_size=2,
                          augment_on_device="true")
     parser = wf.parser

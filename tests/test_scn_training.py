@@ -1,4 +1,4 @@
-"""SCN bundle learns: two short CPU epochs on the synthetic hands lower the validation MRE, and inference on
+"""SCN bundle learns: two short CPU epochs of its CPU recipe (configs/cpu.json) on the synthetic hands lower the validation MRE, and inference on
 the synthetic DICOMs reports mm with the generator's own pixel spacing."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _workflow(tmp: Path, files: list[str], run_id: str, **overrides):
 
 @pytest.mark.slow
 def test_two_epochs_lower_validation_mre_and_inference_reports_mm(tmp_path: Path):
-    wf = _workflow(tmp_path, ["train.json"], "training", max_epochs=2, learning_rate=1e-3, batch_size=2)
+    wf = _workflow(tmp_path, ["train.json", "cpu.json"], "training", max_epochs=2, batch_size=2)
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
     trainer = wf.parser.get_parsed_content("train#trainer")
     evaluator.run()

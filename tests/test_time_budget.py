@@ -96,8 +96,8 @@ def test_bad_arguments():
         TimeBudget(1, end_factor=-0.5)
 
 
-def test_scn_max_minutes_replaces_the_epoch_schedule_and_is_checkpointed(tmp_path: Path):
-    wf = bundle_workflow(BUNDLE, ["train.json"], "training", tmp_path, max_epochs=50, max_minutes=0.01, batch_size=2)
+def test_scn_cpu_recipe_max_minutes_replaces_the_epoch_schedule_and_is_checkpointed(tmp_path: Path):
+    wf = bundle_workflow(BUNDLE, ["train.json", "cpu.json"], "training", tmp_path, max_epochs=50, max_minutes=0.01, batch_size=2)
     budget = wf.parser.get_parsed_content("train#parts#time_budget")
     assert isinstance(budget, TimeBudget) and budget.budget_s == pytest.approx(0.6) and budget.end_factor == 0.1
     trainer = wf.parser.get_parsed_content("train#trainer")

@@ -1,5 +1,6 @@
 """Ignite/MONAI handlers of the landmark workflows."""
 
+from monai_ext.handlers.gradient_clipping import GradientNormClipping
 from monai_ext.handlers.groups import LandmarkGroupSummaryWriter
 from monai_ext.handlers.interactive import InteractiveCurveWriter, LossTermsToOutput, MorphologyWarmup
 from monai_ext.handlers.nan_guard import StopOnNonFiniteLoss

@@ -108,6 +108,8 @@ class SpatialConfigurationNet(nn.Module):
         negative_slope: LeakyReLU slope after every hidden convolution.
         local_init_std: std of the normal initialisation of the ``H_LA`` output convolution.
         spatial_init_std: std of the normal initialisation of the last spatial configuration convolution.
+        stem_kernel_size: kernel of an input convolution (``in_channels`` -> ``local_filters``, LeakyReLU) in front
+            of the first level, as Payer's MIA-era network (``conv0``, 3×3); ``None``: no input convolution.
 
     Input ``(B, in_channels, *S)`` with every ``S_i`` divisible by ``2 ** (num_levels - 1)`` and by
     ``spatial_downsample``; output ``(B, K, *S)``.
@@ -131,6 +133,7 @@ class SpatialConfigurationNet(nn.Module):
         negative_slope: float = 0.1,
         local_init_std: float = 1e-4,
         spatial_init_std: float = 1e-4,
+        stem_kernel_size: Optional[int] = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -141,8 +144,11 @@ class SpatialConfigurationNet(nn.Module):
             if int(value) < 1:
                 raise ValueError(f"SpatialConfigurationNet: {name} must be >= 1, got {value}.")
         heatmap_kernel_size = local_kernel_size if heatmap_kernel_size is None else heatmap_kernel_size
-        for name, value in (("local_kernel_size", local_kernel_size), ("spatial_kernel_size", spatial_kernel_size),
-                            ("heatmap_kernel_size", heatmap_kernel_size)):
+        kernels = [("local_kernel_size", local_kernel_size), ("spatial_kernel_size", spatial_kernel_size),
+                   ("heatmap_kernel_size", heatmap_kernel_size)]
+        if stem_kernel_size is not None:
+            kernels.append(("stem_kernel_size", stem_kernel_size))
+        for name, value in kernels:
             if value < 1 or value % 2 == 0:
                 raise ValueError(f"SpatialConfigurationNet: {name} must be a positive odd number ('same' padding), "
                                  f"got {value}.")
@@ -158,8 +164,16 @@ class SpatialConfigurationNet(nn.Module):
 
         conv = Conv[Conv.CONV, spatial_dims]
         pool = Pool[Pool.AVG, spatial_dims]
+        if stem_kernel_size is None:
+            self.stem: nn.Module = nn.Identity()
+        else:
+            self.stem = nn.Sequential(
+                conv(in_channels, local_filters, stem_kernel_size, padding=stem_kernel_size // 2),
+                nn.LeakyReLU(negative_slope),
+            )
+        level0_in = in_channels if stem_kernel_size is None else local_filters
         self.levels = nn.ModuleList(
-            _LocalLevel(spatial_dims, in_channels if i == 0 else local_filters, local_filters, local_kernel_size,
+            _LocalLevel(spatial_dims, level0_in if i == 0 else local_filters, local_filters, local_kernel_size,
                         dropout, negative_slope)
             for i in range(num_levels)
         )
@@ -208,7 +222,7 @@ class SpatialConfigurationNet(nn.Module):
         if not torch.jit.is_tracing():  # a traced graph keeps no Python checks; they would only emit TracerWarnings
             self.check_input_size(x)
         skips: List[torch.Tensor] = []
-        node = x
+        node = self.stem(x)
         for i, level in enumerate(self.levels):
             down, skip = level(node)
             skips.append(skip)

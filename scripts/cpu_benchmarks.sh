@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The CPU recipes (each bundle's configs/cpu.json: 15 minutes of training on 2 CPU cores) measured on the shared data,
+# one run at a time (CPU timings and time budgets are only comparable when nothing else runs), figures on the test split:
+#
+#   bash scripts/cpu_benchmarks.sh datalists          # data/hand_xray/datalist.json (79/11/22), its 3 folds, data/spine_aasce/datalist.json
+#   bash scripts/cpu_benchmarks.sh scn      [OUT]     # SCN cpu.json on the hand set
+#   bash scripts/cpu_benchmarks.sh bundles  [OUT]     # adv_posenet, interactive_kp, kneel cpu.json on the hand set, interactive_kp on AASCE
+#   bash scripts/cpu_benchmarks.sh scn_cv   [OUT]     # 3-fold cross-validation of SCN cpu.json on the hand set, pooled test errors
+#
+# OUT defaults to runs/bench (runs/cv for scn_cv). Every run uses the bundles' default seed (0). The time budget is the
+# recipe's own (max_minutes 15, TimeBudget: whole epochs while the next fits, validation included); --minutes 16 is a
+# safety stop of the harness. Each benchmark run writes OUT/<name>.json and .log; the report: scripts/benchmark.py report.
+set -u
+phase=${1:?phase: datalists | scn | bundles | scn_cv}
+hand=${HAND:-data/hand_xray/datalist.json}
+spine=${SPINE:-data/spine_aasce/datalist.json}
+
+bench() {  # bench NAME ARGS...: one benchmark run of a bundle's cpu.json, evaluated on the datalist's test split
+    local name=$1
+    shift
+    python scripts/benchmark.py run --out "$out/$name.json" --epochs 100000 --minutes 16 --section test \
+        --latency_images 22 --warmup 2 --latency_devices cpu "$@" >"$out/$name.log" 2>&1
+    echo "$name: exit $? ($(date -u +%T))"
+}
+
+case "$phase" in
+datalists)
+    python scripts/prepare_datalist.py shared --dataset hand_xray --out "$hand"
+    python scripts/prepare_datalist.py shared --dataset hand_xray --out "$hand" --folds 3
+    python scripts/prepare_datalist.py shared --dataset spine_aasce --out "$spine"
+    ;;
+scn)
+    out=${2:-runs/bench}; mkdir -p "$out"
+    bench scn_hand_cpu --bundle scn --datalist "$hand" --config cpu
+    ;;
+bundles)
+    out=${2:-runs/bench}; mkdir -p "$out"
+    bench adv_posenet_hand_cpu --bundle adv_posenet --datalist "$hand" --config hand,cpu
+    bench interactive_kp_hand_cpu --bundle interactive_kp --datalist "$hand" --config hand,cpu
+    bench kneel_hand_cpu --bundle kneel --datalist "$hand" --config hand,cpu
+    bench interactive_kp_spine_cpu --bundle interactive_kp --datalist "$spine" --config cpu
+    ;;
+scn_cv)
+    out=${2:-runs/cv}; mkdir -p "$out"
+    python scripts/cross_validate.py run --bundle scn --datalists "${hand%.json}_fold*.json" --config cpu \
+        --epochs 100000 --minutes 16 --out "$out/scn_hand_cpu" >"$out/scn_hand_cpu.log" 2>&1
+    echo "scn_cv: exit $? ($(date -u +%T))"
+    ;;
+*)
+    echo "unknown phase $phase" >&2
+    exit 2
+    ;;
+esac
