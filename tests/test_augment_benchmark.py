@@ -13,10 +13,11 @@ _spec.loader.exec_module(augment_benchmark)
 
 
 def test_times_where_the_augmentation_runs(tmp_path: Path):
+    # the skeleton's augmentation and per-sample heatmaps (the baseline bundle; SCN builds its targets in its loss)
     out = tmp_path / "augment.json"
-    record = augment_benchmark.run(bundle="scn", repeats=3, batch_size=2, overrides='{"spatial_size": [32, 40]}',
+    record = augment_benchmark.run(bundle="unet_heatmap", repeats=3, batch_size=2, overrides='{"spatial_size": [32, 40]}',
                                    out=str(out))
-    assert json.loads(out.read_text())["bundle"] == "scn"
+    assert json.loads(out.read_text())["bundle"] == "unet_heatmap"
     cpu, device = record["settings"]["per_sample"], record["settings"]["augment_on_device"]
     assert cpu["spatial_size"] == [32, 40] and "batch" not in cpu
     assert {"ApplyWithLandmarksd", "RandLandmarkElasticd", "GenerateLandmarkHeatmapd"} <= set(cpu["per_sample"])
