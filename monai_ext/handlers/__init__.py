@@ -18,4 +18,5 @@ def attach_on_main_process(engine, *handlers) -> None:
 
     if rank() == 0:
         for handler in handlers:
-            handler.attach(engine)
+            if handler is not None:  # a handler a config leaves out (e.g. no final-weights saver when validating)
+                handler.attach(engine)

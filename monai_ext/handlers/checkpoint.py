@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from monai.handlers import CheckpointLoader
 
 from monai_ext.utils import atomic_path
 
-__all__ = ["LatestCheckpointSaver", "ResumeCheckpointLoader", "checkpoint_dict"]
+__all__ = ["LatestCheckpointSaver", "ResumeCheckpointLoader", "checkpoint_dict", "final_model_saver"]
 
 
 def engine_objects(engine: Engine, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,3 +154,14 @@ def checkpoint_dict(objects: Mapping[str, Any], per_process: Mapping[str, Any] |
     if clash:
         raise ValueError(f"checkpoint_dict: {clash} given twice")
     return {**{k: v for k, v in objects.items() if v is not None}, **extra}
+
+
+def final_model_saver(save_dir: str, save_dict: Mapping[str, Any], validation: Sized, filename: str = "model.pt"):
+    """The trainer's saver of the final weights as ``filename`` when there is no ``validation`` item to choose a
+    checkpoint on (a fold or datalist with an empty validation section: the last weights are the model, as Payer's
+    protocol uses them); ``None`` otherwise (the evaluator's best-metric saver writes ``filename``)."""
+    from monai.handlers import CheckpointSaver
+
+    if len(validation) > 0:
+        return None
+    return CheckpointSaver(save_dir, dict(save_dict), save_final=True, final_filename=filename)
