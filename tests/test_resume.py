@@ -105,8 +105,8 @@ def test_sigkilled_training_resumes_from_saved_iteration(tmp_path: Path, dataset
 
 def test_resume_without_checkpoint_names_the_file(tmp_path: Path, dataset_dir: Path):
     wf = _workflow(tmp_path, dataset_dir, max_epochs=1, resume="true")
-    wf.initialize()
     with pytest.raises(Exception) as info:  # MONAI wraps instantiation errors in RuntimeError
+        wf.initialize()  # builds the trainer (to attach the final-weights saver): the missing file is named already
         wf.parser.get_parsed_content("train#trainer")
     error: BaseException | None = info.value
     while error is not None and not isinstance(error, FileNotFoundError):
