@@ -25,7 +25,12 @@ class GradientNormClipping:
             raise ValueError(f"GradientNormClipping: max_norm must be positive, got {max_norm}.")
         self.max_norm = float(max_norm)
         self.norm_type = float(norm_type)
-        self.last_norm: float | None = None
+        self._last_norm: torch.Tensor | None = None
+
+    @property
+    def last_norm(self) -> float | None:
+        """The global gradient norm before the last clipping (read on demand: no device sync per iteration)."""
+        return None if self._last_norm is None else float(self._last_norm)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
@@ -36,4 +41,4 @@ class GradientNormClipping:
         if getattr(engine, "amp", False) and scaler is not None:
             scaler.unscale_(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        self.last_norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_norm, self.norm_type))
+        self._last_norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm, self.norm_type).detach()
