@@ -1,4 +1,5 @@
-"""Heatmaps to landmark coordinates: argmax, quadratic sub-pixel refinement, local and global soft-argmax.
+"""Heatmaps to landmark coordinates: argmax, quadratic sub-pixel refinement, local soft-argmax and local softmax
+(Kim et al. 2022), global soft-argmax.
 
 Every function takes heatmaps ``(B, K, *spatial)`` (2D or 3D spatial dims) and returns coordinates
 ``(B, K, ndim)`` in the index order of the spatial dims, pixel centres at integers: for a MONAI
@@ -15,7 +16,7 @@ from monai.data import MetaTensor
 
 __all__ = ["DECODING_METHODS", "SoftArgmax", "decode_heatmaps", "soft_argmax"]
 
-DECODING_METHODS = ("argmax", "quadratic", "local_soft_argmax", "soft_argmax")
+DECODING_METHODS = ("argmax", "quadratic", "local_soft_argmax", "local_softmax", "soft_argmax")
 
 
 def _check_heatmaps(heatmaps: torch.Tensor) -> torch.Tensor:
@@ -112,6 +113,32 @@ def _local_soft_argmax_offsets(
     return torch.stack(offsets, dim=-1)
 
 
+def _local_softmax_offsets(
+    flat: torch.Tensor, peak: torch.Tensor, spatial: tuple[int, ...], window: int, beta: float
+) -> torch.Tensor:
+    """Expected offset ``(B, K, ndim)`` under ``softmax(beta * patch)``, the patch a ``window**ndim`` cube centred on
+    the integer peak, zero outside the heatmap (Kim et al. 2022, ``heatmap2subpixel_argmax_coord``).
+
+    The softmax runs over the whole cube, padded pixels included (value 0, weight ``exp(0)``); the offset is
+    differentiable w.r.t. the patch values (the integer peak is not).
+    """
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd number of pixels, got {window}.")
+    half = window // 2
+    ndim = len(spatial)
+    device = flat.device
+    steps = torch.arange(-half, half + 1, device=device)
+    grid = torch.stack(torch.meshgrid(*([steps] * ndim), indexing="ij"), dim=-1).reshape(-1, ndim)  # (W, ndim)
+    sizes = torch.tensor(spatial, device=device)
+    positions = peak.unsqueeze(-2) + grid  # (B, K, W, ndim)
+    inside = ((positions >= 0) & (positions < sizes)).all(dim=-1)  # (B, K, W)
+    positions = torch.minimum(positions.clamp(min=0), sizes - 1)
+    values = flat.gather(-1, (positions * torch.tensor(_strides(spatial), device=device)).sum(-1))
+    values = torch.where(inside, values, torch.zeros_like(values))
+    weights = torch.softmax(beta * values, dim=-1)  # (B, K, W)
+    return (weights.unsqueeze(-1) * grid.to(flat.dtype)).sum(-2)
+
+
 def soft_argmax(heatmaps: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     """Differentiable global soft-argmax: the expected position under ``softmax(beta * heatmap)`` over all pixels.
 
@@ -153,7 +180,7 @@ class SoftArgmax(nn.Module):
 
 
 def decode_heatmaps(
-    heatmaps: torch.Tensor, method: str = "quadratic", window: int = 5, beta: float = 1.0
+    heatmaps: torch.Tensor, method: str = "quadratic", window: int = 5, beta: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode landmark heatmaps into coordinates and confidences.
 
@@ -162,12 +189,18 @@ def decode_heatmaps(
         method: ``"argmax"`` (integer peak), ``"quadratic"`` (argmax refined per axis by a parabola through the
             peak and its two neighbours, fitted to ``log(heatmap)`` where positive; within +-0.5 px),
             ``"local_soft_argmax"`` (argmax refined per axis by the centroid of a ``window``-wide cube around it,
-            weights = heatmap profile minus its minimum in the cube, clipped at 0; no softmax, ``beta`` unused) or
-            ``"soft_argmax"`` (global and differentiable, :func:`soft_argmax` with ``beta``).
-        window: odd cube width in pixels for ``"local_soft_argmax"``. With the default 5 the bias on a Gaussian
-            peak stays below 0.09 px whatever its sigma (wider windows shrink it further); near a border the
-            cube shrinks to stay symmetric (less accurate one pixel in; the border pixel itself is not refined).
-        beta: inverse temperature for ``"soft_argmax"``.
+            weights = heatmap profile minus its minimum in the cube, clipped at 0; no softmax, ``beta`` unused),
+            ``"local_softmax"`` (Kim et al. 2022: argmax plus the expected offset under ``softmax(beta * patch)``
+            over a ``window``-wide cube around it, zero-padded outside the heatmap; differentiable through the
+            patch values; meant for heatmaps in [0, 1]) or ``"soft_argmax"`` (global and differentiable,
+            :func:`soft_argmax` with ``beta``).
+        window: odd cube width in pixels for ``"local_soft_argmax"`` and ``"local_softmax"``. For
+            ``"local_soft_argmax"`` with the default 5 the bias on a Gaussian peak stays below 0.09 px whatever its
+            sigma (wider windows shrink it further); near a border the cube shrinks to stay symmetric (less
+            accurate one pixel in; the border pixel itself is not refined). ``"local_softmax"`` keeps the full cube
+            (the background, and zero padding at a border, pull towards the integer peak).
+        beta: inverse temperature for ``"soft_argmax"`` (``None``: 1) and ``"local_softmax"`` (``None``: 10, the
+            official value).
 
     Returns:
         ``(coords, confidence)``: coords ``(B, K, ndim)`` in pixels, index order of the spatial dims (``(x, y)``
@@ -183,10 +216,12 @@ def decode_heatmaps(
     with torch.no_grad():
         index, peak, confidence = _argmax(flat.detach(), spatial)
     if method == "soft_argmax":
-        return soft_argmax(heatmaps, beta), confidence
+        return soft_argmax(heatmaps, 1.0 if beta is None else float(beta)), confidence
     coords = peak.to(heatmaps.dtype)
     if method == "quadratic":
         coords = coords + _quadratic_offsets(flat, index, peak, spatial)
     elif method == "local_soft_argmax":
         coords = coords + _local_soft_argmax_offsets(flat, index, peak, spatial, window)
+    elif method == "local_softmax":
+        coords = coords + _local_softmax_offsets(flat, peak, spatial, window, 10.0 if beta is None else float(beta))
     return coords, confidence

@@ -5,13 +5,14 @@
 #   bash scripts/cpu_benchmarks.sh datalists          # data/hand_xray/datalist.json (79/11/22), its 3 folds, data/spine_aasce/datalist.json
 #   bash scripts/cpu_benchmarks.sh scn      [OUT]     # SCN cpu.json on the hand set
 #   bash scripts/cpu_benchmarks.sh bundles  [OUT]     # adv_posenet, interactive_kp, kneel cpu.json on the hand set, interactive_kp on AASCE
+#   bash scripts/cpu_benchmarks.sh adv_posenet|interactive_kp|kneel|interactive_kp_spine [OUT]   # one of those runs
 #   bash scripts/cpu_benchmarks.sh scn_cv   [OUT]     # 3-fold cross-validation of SCN cpu.json on the hand set, pooled test errors
 #
 # OUT defaults to runs/bench (runs/cv for scn_cv). Every run uses the bundles' default seed (0). The time budget is the
 # recipe's own (max_minutes 15, TimeBudget: whole epochs while the next fits, validation included); --minutes 16 is a
 # safety stop of the harness. Each benchmark run writes OUT/<name>.json and .log; the report: scripts/benchmark.py report.
 set -u
-phase=${1:?phase: datalists | scn | bundles | scn_cv}
+phase=${1:?phase: datalists | scn | bundles | adv_posenet | interactive_kp | kneel | interactive_kp_spine | scn_cv}
 hand=${HAND:-data/hand_xray/datalist.json}
 spine=${SPINE:-data/spine_aasce/datalist.json}
 
@@ -33,12 +34,17 @@ scn)
     out=${2:-runs/bench}; mkdir -p "$out"
     bench scn_hand_cpu --bundle scn --datalist "$hand" --config cpu
     ;;
-bundles)
+adv_posenet | interactive_kp | kneel | interactive_kp_spine | bundles)
     out=${2:-runs/bench}; mkdir -p "$out"
-    bench adv_posenet_hand_cpu --bundle adv_posenet --datalist "$hand" --config hand,cpu
-    bench interactive_kp_hand_cpu --bundle interactive_kp --datalist "$hand" --config hand,cpu
-    bench kneel_hand_cpu --bundle kneel --datalist "$hand" --config hand,cpu
-    bench interactive_kp_spine_cpu --bundle interactive_kp --datalist "$spine" --config cpu
+    case "$phase" in adv_posenet | bundles)
+        bench adv_posenet_hand_cpu --bundle adv_posenet --datalist "$hand" --config hand,cpu ;; esac
+    case "$phase" in interactive_kp | bundles)  # cpu.json's canvas is the spine's (1:2); the hand's is 2:3
+        bench interactive_kp_hand_cpu --bundle interactive_kp --datalist "$hand" --config hand,cpu \
+            --overrides '{"spatial_size": [128, 192]}' ;; esac
+    case "$phase" in kneel | bundles)
+        bench kneel_hand_cpu --bundle kneel --datalist "$hand" --config hand,cpu ;; esac
+    case "$phase" in interactive_kp_spine | bundles)
+        bench interactive_kp_spine_cpu --bundle interactive_kp --datalist "$spine" --config cpu ;; esac
     ;;
 scn_cv)
     out=${2:-runs/cv}; mkdir -p "$out"

@@ -1,11 +1,12 @@
-"""HRNet: output shapes and strides, parallel branches and their fusion, SE blocks, RITM-style interaction maps."""
+"""HRNet: output shapes and strides, parallel branches and their fusion, SE blocks, RITM-style interaction maps,
+the click-driven hint gate of Kim et al. 2022 and loading pretrained backbone weights."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from monai_ext.networks.hrnet import HRNet, HighResolutionModule, SEBlock
+from monai_ext.networks.hrnet import HintSEGate, HRNet, HighResolutionModule, SEBlock, load_backbone_weights
 
 
 def tiny(**kwargs) -> HRNet:
@@ -103,3 +104,150 @@ def test_invalid_arguments():
         tiny(output_stride=2)
     with pytest.raises(ValueError):
         tiny(num_modules=(1, 1))
+
+
+def _no_stem_maps(net: HRNet) -> HRNet:
+    """Remove the RITM stem fusion's contribution (scale 0), so that only the hint gate can see the maps."""
+    with torch.no_grad():
+        net.maps_transform[3].scale.zero_()
+    return net
+
+
+def _click(k: int, channels: int, size: int = 64, y: int = 20, x: int = 30) -> torch.Tensor:
+    maps = torch.zeros(1, channels, size, size)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    maps[0, k] = torch.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 3.0**2))
+    return maps
+
+
+def _changed(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a - b).abs().max().item() > 1e-7 * max(1.0, a.abs().max().item())
+
+
+def test_hint_gate_is_driven_by_every_click_channel():
+    torch.manual_seed(0)
+    k = 3
+    gated = _no_stem_maps(tiny(out_channels=k, hint_channels=k, hint_gate=k, se_reduction=None, head_bias_prior=None)).eval()
+    image = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        base = gated(torch.cat([image, torch.zeros(1, k, 64, 64)], 1))
+        for c in range(k):
+            assert _changed(base, gated(torch.cat([image, _click(c, k)], 1))), f"a click in channel {c} is ignored"
+    # control: without the gate (and without the stem fusion) the clicks cannot change the output
+    torch.manual_seed(0)
+    plain = _no_stem_maps(tiny(out_channels=k, hint_channels=k, hint_gate=0, se_reduction=None, head_bias_prior=None)).eval()
+    assert plain.gate is None
+    with torch.no_grad():
+        assert torch.equal(plain(torch.cat([image, torch.zeros(1, k, 64, 64)], 1)), plain(torch.cat([image, _click(1, k)], 1)))
+
+
+def test_hint_gate_ignores_the_previous_prediction_channels():
+    torch.manual_seed(0)
+    k = 3
+    net = _no_stem_maps(tiny(out_channels=k, hint_channels=2 * k, hint_gate=k, se_reduction=None, head_bias_prior=None)).eval()
+    image = torch.randn(1, 1, 64, 64)
+    clicks = _click(0, k)
+    previous = torch.rand(1, k, 64, 64)
+    with torch.no_grad():
+        out = net(torch.cat([image, clicks, torch.zeros_like(previous)], 1))
+        assert torch.equal(out, net(torch.cat([image, clicks, previous], 1)))
+        assert _changed(out, net(torch.cat([image, torch.zeros_like(clicks), previous], 1)))
+    # the gate sees exactly the K click channels: its first convolution takes stage-1 features (256) + K maps
+    assert net.gate.encoder[0].in_channels == 256 + k
+
+
+def test_hint_gate_structure_and_shapes():
+    torch.manual_seed(0)
+    for hint_channels in (5, 10):  # click maps only, click maps + previous prediction
+        net = tiny(hint_channels=hint_channels, hint_gate=5, se_reduction=None).eval()
+        with torch.no_grad():
+            assert net(torch.randn(2, 1 + hint_channels, 64, 96)).shape == (2, 5, 64, 96)
+            assert net(torch.randn(1, 1 + hint_channels, 37, 51)).shape == (1, 5, 37, 51)
+            layer1 = net.layer1(torch.randn(2, 8, 16, 24))
+            gate = net.gate(layer1, torch.rand(2, 5, 64, 96))
+        assert gate.shape == (2, sum(net.branch_channels), 1, 1) and ((gate > 0) & (gate < 1)).all()
+        assert net.init_arguments["hint_gate"] == 5
+    convs = [m for m in net.gate.encoder if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.stride) for c in convs] == [(256, (2, 2)), (256, (1, 1)), (256, (1, 1))]
+    assert (net.gate.squeeze.in_channels, net.gate.squeeze.out_channels) == (256, 16)
+    assert net.gate.excite.out_channels == sum(net.branch_channels) == 4 + 8 + 16 + 32
+    # global max pooling (official ``SE_maxpool: True``): only the per-channel maxima of the encoded maps matter
+    gate = HintSEGate(feature_channels=6, hint_channels=2, out_channels=4, hidden=8, reduction=2).eval()
+    gate.encoder = torch.nn.Identity()  # look at the pooling alone
+    features, hints = torch.randn(1, 6, 6, 6), torch.rand(1, 2, 6, 6)
+    spiky = torch.full_like(features, -10.0)
+    spiky[..., 2, 3] = features.amax(dim=(2, 3))
+    assert torch.allclose(gate(features, hints), gate(spiky, hints))
+    assert not torch.allclose(gate(features, hints), gate(features * 0.5, hints))
+
+
+def test_official_layout_parameter_count():
+    gated = HRNet(width=32, hint_channels=136, out_channels=68, hint_gate=68, se_reduction=None)
+    plain = HRNet(width=32, hint_channels=136, out_channels=68, se_reduction=None)
+    count = lambda n: sum(p.numel() for p in n.parameters())
+    gate = (256 + 68) * 256 * 9 + 2 * 256 * 256 * 9 + 3 * 2 * 256 + (256 * 16 + 16) + (16 * 480 + 480)
+    assert count(gated) - count(plain) == gate
+    assert not any(isinstance(m, SEBlock) for m in gated.modules())
+
+
+def test_invalid_hint_gate():
+    with pytest.raises(ValueError, match="hint_gate"):
+        tiny(hint_channels=4, hint_gate=5)
+    with pytest.raises(ValueError, match="hint_gate"):
+        tiny(hint_channels=0, hint_gate=1)
+    with pytest.raises(ValueError, match="hint_gate"):
+        tiny(hint_channels=4, hint_gate=-1)
+
+
+def test_load_backbone_weights_round_trip(tmp_path):
+    torch.manual_seed(0)
+    source = tiny(hint_channels=5, hint_gate=5, se_reduction=None).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so that buffers matter too
+        for m in source.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "backbone.pt"
+    torch.save(source.state_dict(), path)
+    torch.manual_seed(1)
+    target = tiny(hint_channels=5, hint_gate=5, se_reduction=None).eval()
+    x = torch.randn(1, 6, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(source(x), target(x))
+        report = load_backbone_weights(target, path)
+        assert torch.equal(source(x), target(x))
+    assert report["loaded"] == list(source.state_dict()) and report["skipped"] == [] and report["missing"] == []
+
+
+def test_load_backbone_weights_partial_and_rgb_stem(tmp_path):
+    torch.manual_seed(0)
+    net = tiny()
+    rgb = torch.randn(8, 3, 3, 3)
+    state = {
+        "conv1.weight": rgb,  # an RGB stem for a grayscale network
+        "bn1.weight": torch.rand(8),
+        "bn2.weight": torch.rand(7),  # wrong shape
+        "fc.weight": torch.randn(3, 3),  # not in the network
+    }
+    torch.save(state, tmp_path / "w.pt")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    report = load_backbone_weights(net, tmp_path / "w.pt")
+    assert report["loaded"] == ["conv1.weight", "bn1.weight"]
+    assert report["skipped"] == ["bn2.weight", "fc.weight"]
+    assert "bn2.weight" in report["missing"] and "conv1.weight" not in report["missing"]
+    assert len(report["missing"]) == len(before) - 2
+    assert torch.allclose(net.conv1.weight, rgb.sum(1, keepdim=True))
+    assert torch.equal(net.bn1.weight, state["bn1.weight"]) and torch.equal(net.bn2.weight, before["bn2.weight"])
+    # summing the RGB stem over its input channels equals feeding the gray image as 3 identical channels
+    gray = torch.randn(1, 1, 16, 16)
+    assert torch.allclose(
+        torch.nn.functional.conv2d(gray.expand(-1, 3, -1, -1), rgb, stride=2, padding=1), net.conv1(gray), atol=1e-5
+    )
+
+
+def test_load_backbone_weights_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_backbone_weights(tiny(), tmp_path / "nope.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth"):
+        load_backbone_weights(tiny(), tmp_path / "junk.pth")

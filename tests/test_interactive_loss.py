@@ -1,5 +1,6 @@
 """Morphology-aware loss: zero for identical shapes (and for a translated copy), positive otherwise, missing landmarks
-masked, gradients reach the heatmaps; spine pairs; BCE with masks."""
+masked, gradients reach the heatmaps; normalised distances and the official three-point angle (Kim et al. 2022); the
+official patch-softmax decoder; spine pairs and the shipped official pairs/triplets; BCE with masks."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from monai_ext.decoding import DECODING_METHODS, decode_heatmaps
 from monai_ext.heatmaps import gaussian_heatmaps
+from monai_ext.losses import load_morphology
 from monai_ext.losses.morphology import (
     MorphologyAwareHeatmapLoss,
     MorphologyAwareLoss,
     group_pairs,
+    group_triplets,
     heatmap_coordinates,
     vertebra_pairs,
 )
+
+from monai_ext.losses.morphology import AASCE_MORPHOLOGY
 
 
 def shape(b: int = 2) -> torch.Tensor:
@@ -114,22 +120,145 @@ def test_heatmap_loss_masks_missing_channels_and_adds_morphology():
     assert full.last_terms["distance"] < 0.05 and full.last_terms["direction"] < 1e-3
 
 
-def test_morphology_warmup_schedule():
-    from types import SimpleNamespace
-
-    from monai_ext.handlers.interactive import MorphologyWarmup
-
-    loss = MorphologyAwareHeatmapLoss(pairs=vertebra_pairs(4), lambda_distance=0.01, lambda_direction=0.02)
-    warmup = MorphologyWarmup(loss, start_epoch=2, ramp_epochs=4)
-    weights = []
-    for epoch in range(1, 9):
-        warmup(SimpleNamespace(state=SimpleNamespace(epoch=epoch)))
-        weights.append((round(loss.lambda_distance, 6), round(loss.lambda_direction, 6)))
-    assert [w[0] for w in weights] == [0.0, 0.0, 0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01]
-    assert weights[-1][1] == 0.02
+def test_morphology_terms_switched_off_leave_the_bce_alone():
+    loss = MorphologyAwareHeatmapLoss(pairs=vertebra_pairs(4), lambda_distance=0.0, lambda_direction=0.0)
     # switched off: no coordinates are computed and the loss is the BCE alone
-    loss.lambda_distance = loss.lambda_direction = 0.0
     heat = torch.zeros(1, 4, 16, 16)
     loss(torch.zeros(1, 4, 16, 16), (heat, torch.ones(1, 4), torch.rand(1, 4, 2) * 10))
     assert set(loss.last_terms) == {"bce"}
-    assert MorphologyWarmup(loss, 0, 0).factor(1) == 1.0
+
+
+def chain(b: int = 1) -> torch.Tensor:
+    """A bent, non-symmetric chain of 5 points (pixels)."""
+    return torch.tensor([[[10.0, 10.0], [18.0, 13.0], [24.0, 21.0], [27.0, 33.0], [35.0, 38.0]]]).repeat(b, 1, 1)
+
+
+def rotate(points: torch.Tensor, degrees: float, shift: tuple[float, float]) -> torch.Tensor:
+    t = math.radians(degrees)
+    rot = torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    return points @ rot.T + torch.tensor(shift)
+
+
+def test_normalised_distance_by_hand():
+    loss = MorphologyAwareLoss([[0, 1]], triplets=[[0, 1, 2]])
+    gt = torch.tensor([[[0.0, 0.0], [6.0, 8.0], [6.0, 0.0]]])
+    pred = torch.tensor([[[0.0, 0.0], [3.0, 4.0], [3.0, 0.0]]])
+    dist, _ = loss(pred, gt, spatial_shape=(10, 20))
+    # (6/10, 8/20) vs (3/10, 4/20): |sqrt(0.52) - sqrt(0.13)|
+    assert float(dist) == pytest.approx(math.sqrt(0.52) - math.sqrt(0.13), rel=1e-6)
+    assert float(loss(pred, gt)[0]) == pytest.approx(5.0)  # no spatial_shape: pixels
+    raw = MorphologyAwareLoss([[0, 1]], normalize=False)
+    assert float(raw(pred, gt, spatial_shape=(10, 20))[0]) == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="spatial_shape"):
+        loss(pred, gt, spatial_shape=(10,))
+
+
+def test_three_point_angle_is_rigid_invariant_and_signed():
+    loss = MorphologyAwareLoss(vertebra_pairs(4)[:1], triplets=group_triplets([[0, 1, 2, 3, 4]]))
+    gt = chain(2)
+    for pred in (gt.clone(), rotate(gt, 37.0, (5.0, -9.0)), rotate(gt, -120.0, (40.0, 3.0)), gt * 1.7):
+        assert float(loss(pred, gt, spatial_shape=(64, 64))[1]) == pytest.approx(0.0, abs=1e-6)
+    bent = gt.clone()
+    bent[:, 2] += torch.tensor([4.0, -3.0])
+    assert float(loss(bent, gt)[1]) > 1e-3
+    mirrored = gt * torch.tensor([-1.0, 1.0])  # same unsigned angles, opposite turns: the official angle is signed
+    assert float(loss(mirrored, gt)[0]) == pytest.approx(0.0, abs=1e-5) and float(loss(mirrored, gt)[1]) > 0.1
+    # by hand: a straight angle predicted as a right angle costs 1 - cos(90 deg) = 1
+    one = MorphologyAwareLoss([[0, 1]], triplets=[[0, 1, 2]])
+    straight = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]])
+    right = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]])
+    assert float(one(right, straight)[1]) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="2D"):
+        one(torch.zeros(1, 3, 3), torch.zeros(1, 3, 3))
+
+
+def test_missing_landmarks_mask_pairs_and_triplets():
+    loss = MorphologyAwareLoss([[0, 1], [2, 3]], triplets=[[0, 1, 2], [1, 2, 3], [2, 3, 4]])
+    gt = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [math.nan, math.nan], [4.0, 0.0]]])
+    pred = gt.nan_to_num(0.0).clone()
+    pred[0, 3] = torch.tensor([90.0, -50.0])  # wild where the truth is missing: ignored
+    pred[0, 2] = torch.tensor([1.0, 1.0])  # triplet (0, 1, 2) bent by 90 deg; pair (2, 3) masked
+    dist, angle = loss(pred, gt)
+    assert float(dist) == pytest.approx(0.0, abs=1e-6)  # only pair (0, 1) counts
+    assert float(angle) == pytest.approx(1.0, abs=1e-6)  # only triplet (0, 1, 2) counts: 1 - cos(90 deg)
+    dist, angle = loss(pred.requires_grad_(), torch.full_like(gt, math.nan))
+    assert angle.requires_grad and float(dist.detach()) == 0.0 and float(angle.detach()) == 0.0
+
+
+def test_group_triplets():
+    assert group_triplets([[17, 18, 19, 20], [5, 2], [1, 2, 3]]) == [[17, 18, 19], [18, 19, 20], [1, 2, 3]]
+    with pytest.raises(ValueError, match="repeats"):
+        group_triplets([[1, 2, 1]])
+
+
+def test_local_softmax_decoding():
+    assert "local_softmax" in DECODING_METHODS
+    p = torch.tensor([[[30.3, 41.8], [12.0, 60.45]]], dtype=torch.float64)
+    heat = gaussian_heatmaps(p, (64, 80), 3.0).requires_grad_(True)
+    coords, conf = decode_heatmaps(heat, "local_softmax", window=15, beta=10.0)
+    assert torch.allclose(coords, p, atol=0.05) and torch.allclose(conf, torch.ones_like(conf), atol=0.02)
+    assert (decode_heatmaps(heat, "argmax")[0] - p).abs().max() > 0.2  # the refinement matters
+    coords.sum().backward()
+    assert heat.grad is not None and heat.grad.abs().sum() > 0
+    # by hand: softmax(beta * patch) over the whole 3x3 patch, zeros included (weight exp(0))
+    h = torch.zeros(1, 1, 9, 9)
+    h[0, 0, 5, 5], h[0, 0, 5, 6] = 1.0, 0.5
+    c = decode_heatmaps(h, "local_softmax", window=3, beta=10.0)[0][0, 0]
+    e = math.exp
+    assert float(c[0]) == pytest.approx(5.0, abs=1e-6)
+    assert float(c[1]) == pytest.approx(5.0 + (e(5) - 1) / (e(10) + e(5) + 7), rel=1e-5)
+    # zero padding at the border: a corner peak is pulled by the padded pixels' weight as in the official code
+    corner = torch.zeros(1, 1, 9, 9)
+    corner[0, 0, 0, 0] = 1.0
+    corner_coords = decode_heatmaps(corner, "local_softmax", window=3, beta=10.0)[0]
+    assert torch.allclose(corner_coords, torch.zeros(1, 1, 2), atol=1e-6)
+    assert heatmap_coordinates(h, "local_softmax", window=3, beta=10.0).allclose(c)
+
+
+def test_load_morphology(tmp_path):
+    pairs, triplets = load_morphology(AASCE_MORPHOLOGY)
+    assert len(pairs) == 70 and len(triplets) == 70
+    assert pairs[0] == [2, 4] and triplets[0] == [2, 63, 4]
+    assert max(max(e) for e in pairs + triplets) < 68 and min(min(e) for e in pairs + triplets) >= 0
+    assert all(len(set(e)) == len(e) for e in pairs + triplets)
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_morphology(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    for text, match in (
+        ("{not json", "not valid JSON"),
+        ('{"pairs": [[0, 1]]}', "triplets"),
+        ('{"landmarks": 4, "pairs": [[0, 4]], "triplets": [[0, 1, 2]]}', "out of range"),
+        ('{"pairs": [[0, 1]], "triplets": [[0, 1]]}', "3 integer"),
+        ('{"pairs": [[0, 0]], "triplets": [[0, 1, 2]]}', "different"),
+        ('{"pairs": [[0, -1]], "triplets": [[0, 1, 2]]}', "different"),
+    ):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=match) as info:
+            load_morphology(bad)
+        assert "bad.json" in str(info.value)
+
+
+def test_heatmap_loss_official_defaults():
+    pairs, triplets = load_morphology(AASCE_MORPHOLOGY)
+    loss = MorphologyAwareHeatmapLoss(pairs=pairs, triplets=triplets)
+    assert (loss.coordinate_method, loss.coordinate_window, loss.coordinate_beta) == ("local_softmax", 15, None)
+    assert loss.normalize_coordinates and loss.lambda_distance == 0.01 and loss.lambda_direction == 0.01
+    torch.manual_seed(0)
+    size = (64, 32)
+    gt = torch.rand(1, 68, 2) * torch.tensor([56.0, 24.0]) + 4
+    heat = gaussian_heatmaps(gt, size, 2.0)
+    mask = torch.ones(1, 68)
+    logits = torch.randn(1, 68, *size)
+    total = loss(logits, (heat, mask, gt))
+    assert set(loss.last_terms) == {"bce", "distance", "direction"}
+    # the terms are MorphologyAwareLoss on the patch-softmax coordinates of the sigmoid, divided by the heatmap size
+    coords = heatmap_coordinates(torch.sigmoid(logits), "local_softmax", window=15, beta=10.0)
+    dist, angle = MorphologyAwareLoss(pairs, triplets)(coords / torch.tensor(size), gt / torch.tensor(size))
+    assert loss.last_terms["distance"] == pytest.approx(float(dist), rel=1e-5)
+    assert loss.last_terms["direction"] == pytest.approx(float(angle), rel=1e-5)
+    assert float(total) == pytest.approx(loss.last_terms["bce"] + 0.01 * float(dist) + 0.01 * float(angle), rel=1e-5)
+    # a perfect prediction: no morphology terms
+    loss(torch.logit(heat.clamp(1e-6, 1 - 1e-6)), (heat, mask, gt))
+    assert loss.last_terms["distance"] < 1e-3 and loss.last_terms["direction"] < 1e-3
+    with pytest.raises(ValueError, match="coordinate_method"):
+        MorphologyAwareHeatmapLoss(pairs, coordinate_method="argmax")

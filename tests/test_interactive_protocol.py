@@ -106,7 +106,7 @@ def test_evaluator_maps_clicks_to_the_network_and_back(spine_data: Path, tmp_pat
     pre = Compose([
         LoadRadiographd(keys="image"),
         EnsureLandmarksd(keys="landmarks", num_landmarks=68),
-        FitToShaped(keys="image", spatial_size=(64, 128), landmark_keys=[]),
+        FitToShaped(keys="image", spatial_size=(64, 128)),  # the landmarks move with the image, as in the bundle
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=4095.0, b_min=-1.0, b_max=1.0),
     ])
     loader = DataLoader(Dataset(items, pre), batch_size=2)
@@ -221,16 +221,53 @@ def test_prepare_batch_and_iterative_inferer_build_the_input_channels():
     inputs_no_hint, _ = PrepareInteractiveBatch(3, hint_sigma=2.0)({"image": batch["image"]})
     assert inputs_no_hint.shape == (1, 4, 16, 20) and inputs_no_hint[:, 1:].abs().sum() == 0
 
-    seen = []
+    with pytest.raises(ValueError, match="previous-prediction"):
+        PrepareInteractiveBatch(3, hint_sigma=2.0, iterative=True)
+    _, _, args, kwargs = PrepareInteractiveBatch(3, hint_sigma=2.0, previous_prediction=True, iterative=True)(batch)
+    assert args == () and set(kwargs) == {"hints", "landmarks"}
+    assert torch.equal(torch.isnan(kwargs["hints"]), torch.isnan(hints))
 
-    def network(x: torch.Tensor) -> torch.Tensor:
-        seen.append(x.clone())
-        return torch.full((1, 3, 16, 20), 2.0)
 
-    IterativeHintInferer(3, prob=1.0)(inputs, network)
-    assert len(seen) == 2 and seen[0][:, 4:].abs().sum() == 0
-    assert torch.allclose(seen[1][:, 4:], torch.sigmoid(torch.tensor(2.0)).expand(1, 3, 16, 20))
-    assert torch.equal(seen[1][:, :4], inputs[:, :4])
+def test_iterative_inferer_adds_the_worst_landmark_each_round():
+    """Kim et al.'s official training loop: r rounds without gradient (eval mode), each adding the landmark with the
+    largest hard-argmax error as a click; the trained pass gets the clicks and the last round's heatmaps."""
+    from monai_ext.engines.interactive import interactive_inputs
+    from monai_ext.inferers.hints import IterativeHintInferer
+
+    k, shape = 3, (16, 20)
+    gt = torch.tensor([[[3.0, 4.0], [10.0, 10.0], [14.0, 17.0]]])
+    hints = torch.full((1, k, 2), float("nan"))
+    hints[0, 0] = gt[0, 0]  # landmark 0 already clicked
+    inputs = interactive_inputs(torch.randn(1, 1, *shape), hints, k, 2.0, True)
+    peak = torch.zeros(1, k, *shape)
+    peak[0, 0, 3, 4] = peak[0, 1, 9, 10] = peak[0, 2, 0, 0] = 1.0  # errors 0, 1, ~22: landmark 2 is the worst
+    seen, modes = [], []
+
+    class Net(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.clone())
+            modes.append(self.training)
+            return torch.logit(peak.clamp(0.01, 0.99))
+
+    net = Net().train()
+    inferer = IterativeHintInferer(k, hint_sigma=2.0, max_rounds=2, seed=0)
+    counts = set()
+    for _ in range(30):
+        seen.clear(), modes.clear()
+        inferer(inputs, net, hints=hints, landmarks=gt)
+        rounds = len(seen) - 1
+        counts.add(rounds)
+        assert modes == [False] * rounds + [True] and net.training  # no-grad rounds in eval mode, then train again
+        last = seen[-1]
+        assert torch.equal(last[:, :1], inputs[:, :1])
+        clicked = [int(c) for c in range(k) if last[0, 1 + c].max() > 0.99]
+        # round 1 adds landmark 2 (the worst unclicked), round 2 landmark 1
+        assert clicked == [[0], [0, 2], [0, 1, 2]][rounds]
+        if rounds == 0:
+            assert last[:, 1 + k :].abs().sum() == 0
+        else:  # previous prediction: the last round's sigmoid heatmaps, every channel
+            assert torch.allclose(last[:, 1 + k :], peak.clamp(0.01, 0.99), atol=1e-6)
+    assert counts == {0, 1, 2}
     seen.clear()
-    IterativeHintInferer(3, prob=0.0)(inputs, network)
+    inferer(inputs, net)  # without clicks and landmarks: a plain forward pass
     assert len(seen) == 1

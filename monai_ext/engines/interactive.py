@@ -12,7 +12,7 @@ network inputs with user hints, and the simulated-user evaluation protocol of th
   and plot (PNG) of the mean radial error (and, for spines, the Cobb-angle SMAPE) against the number of clicks.
 
 The training inferer (:class:`~monai_ext.inferers.hints.IterativeHintInferer`) and handlers
-(:class:`~monai_ext.handlers.interactive.MorphologyWarmup`, :class:`~monai_ext.handlers.interactive.LossTermsToOutput`,
+(:class:`~monai_ext.handlers.interactive.LossTermsToOutput`,
 :class:`~monai_ext.handlers.interactive.InteractiveCurveWriter`) of this workflow live with the other inferers and
 handlers.
 
@@ -22,7 +22,7 @@ Errors are those of :mod:`monai_ext.metrics.distances` in ORIGINAL image pixels 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,13 +31,13 @@ from monai.data import MetaTensor, decollate_batch
 from monai.engines import PrepareBatch, SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer, SimpleInferer
-from monai.utils import CommonKeys, convert_to_tensor
+from monai.utils import CommonKeys, convert_to_tensor, ensure_tuple
 
 from monai_ext.decoding import decode_heatmaps
 from monai_ext.metrics.distances import radial_errors_tensor
 from monai_ext.engines.prepare_batch import to_device
 from monai_ext.utils import as_flag
-from monai_ext.transforms.array import move_points, points_to_mm, points_to_original
+from monai_ext.transforms.array import points_to_mm, points_to_original
 from monai_ext.transforms.hints import encode_hints
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "interactive_inputs",
     "PrepareInteractiveBatch",
     "select_worst_landmark",
+    "CLICK_ORDERS",
     "click_protocol",
     "InteractiveKeypointEvaluator",
 ]
@@ -83,7 +84,9 @@ class PrepareInteractiveBatch(PrepareBatch):
     ``inputs`` is :func:`interactive_inputs` of the batch image (a MetaTensor, so post-processing can map
     predictions back through its affine), its ``hint_key`` clicks (absent: no click) and, with
     ``previous_prediction``, ``K`` zero channels for the previous prediction. ``target`` is ``(heatmaps, mask,
-    landmarks)`` when the batch has heatmaps (training), else the landmarks (or ``None``).
+    landmarks)`` when the batch has heatmaps (training), else the landmarks (or ``None``). With ``iterative`` (and a
+    training batch), the clicks and landmarks also go to the inferer as keyword arguments ``hints``/``landmarks``
+    (:class:`~monai_ext.inferers.hints.IterativeHintInferer` adds clicks to them).
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class PrepareInteractiveBatch(PrepareBatch):
         num_landmarks: int,
         hint_sigma: float,
         previous_prediction: bool = False,
+        iterative: bool = False,
         image_key: str = CommonKeys.IMAGE,
         hint_key: str = "hint_landmarks",
         heatmap_key: str = "heatmap",
@@ -100,6 +104,9 @@ class PrepareInteractiveBatch(PrepareBatch):
         self.num_landmarks = int(num_landmarks)
         self.hint_sigma = float(hint_sigma)
         self.previous_prediction = as_flag(previous_prediction, "previous_prediction")
+        self.iterative = as_flag(iterative, "iterative")
+        if self.iterative and not self.previous_prediction:
+            raise ValueError("PrepareInteractiveBatch: iterative training needs the previous-prediction channels.")
         self.image_key, self.hint_key = image_key, hint_key
         self.heatmap_key, self.mask_key, self.landmark_key = heatmap_key, mask_key, landmark_key
 
@@ -113,7 +120,15 @@ class PrepareInteractiveBatch(PrepareBatch):
             image, move(batchdata.get(self.hint_key)), self.num_landmarks, self.hint_sigma, self.previous_prediction or None
         )
         if self.heatmap_key in batchdata:
-            target = (move(batchdata[self.heatmap_key]), move(batchdata[self.mask_key]), move(batchdata[self.landmark_key]))
+            landmarks = move(batchdata[self.landmark_key])
+            target = (move(batchdata[self.heatmap_key]), move(batchdata[self.mask_key]), landmarks)
+            if self.iterative:
+                b = inputs.shape[0]
+                hints = batchdata.get(self.hint_key)
+                hints = _nan_points(b, self.num_landmarks, inputs.device) if hints is None else move(hints)
+                mask = move(batchdata[self.mask_key]) > 0
+                gt = torch.where(mask.unsqueeze(-1), convert_to_tensor(landmarks, track_meta=False).float(), float("nan"))
+                return inputs, target, (), {"hints": convert_to_tensor(hints, track_meta=False), "landmarks": gt}
             return inputs, target
         return inputs, move(batchdata.get(self.landmark_key))
 
@@ -133,56 +148,78 @@ def select_worst_landmark(errors: torch.Tensor, clicked: torch.Tensor) -> torch.
     return torch.where(none_left, torch.full_like(worst, -1), worst)
 
 
+CLICK_ORDERS = ("worst", "least_confident")
+
+
 def click_protocol(
-    predict: Callable[[torch.Tensor, int], torch.Tensor],
+    predict: Callable[[torch.Tensor, int], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
     initial: torch.Tensor,
     gt: torch.Tensor,
     num_clicks: int,
     spacing: torch.Tensor | None = None,
     enforce_clicks: bool = True,
+    order: str = "worst",
+    initial_confidence: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Simulated-user revision of a prediction, for model and for manual revision.
 
     Args:
-        predict: ``predict(clicked, round)`` -> points ``(B, K, 2)`` (same frame as ``gt``) given the bool mask
-            ``(B, K)`` of the landmarks clicked so far (their clicks are their ground truth); it is called once per
-            round ``1..num_clicks``.
+        predict: ``predict(clicked, round)`` -> points ``(B, K, 2)`` (same frame as ``gt``), or ``(points,
+            confidence (B, K))``, given the bool mask ``(B, K)`` of the landmarks clicked so far (their clicks are
+            their ground truth); it is called once per round ``1..num_clicks``.
         initial: the 0-click prediction ``(B, K, 2)``.
         gt: ground truth ``(B, K, 2)``, ``NaN`` where missing (never clicked).
         num_clicks: rounds ``R``.
         spacing: ``(B, 2)`` mm/pixel for errors in mm, ``None`` for pixels.
         enforce_clicks: in model revision, clicked landmarks are set to their clicks (the user placed them).
+        order: which landmark the user clicks next: ``"worst"`` (the paper's oracle: the largest current error) or
+            ``"least_confident"`` (the lowest heatmap confidence of the current prediction, no ground truth needed
+            to choose; manual revision keeps the 0-click confidences). Landmarks missing in ``gt`` are never clicked.
+        initial_confidence: ``(B, K)`` confidences of ``initial`` (needed for ``"least_confident"``).
 
     Returns:
         ``model``/``manual`` points ``(B, R + 1, K, 2)``, ``errors_model``/``errors_manual`` ``(B, R + 1, K)`` and
         ``clicks_model``/``clicks_manual`` ``(B, R)`` (clicked landmark per round, ``-1`` when none was left).
     """
+    if order not in CLICK_ORDERS:
+        raise ValueError(f"click_protocol: order must be one of {CLICK_ORDERS}, got {order!r}.")
+    if order == "least_confident" and initial_confidence is None:
+        raise ValueError("click_protocol: the least_confident order needs initial_confidence.")
     b, k = gt.shape[:2]
     gt = gt.to(torch.float64)
 
     def errors(points: torch.Tensor) -> torch.Tensor:
         return radial_errors_tensor(points, gt, spacing)
 
+    def priority(err: torch.Tensor, conf: torch.Tensor | None) -> torch.Tensor:
+        if order == "worst":
+            return err
+        # lower confidence first (> 0 so that select_worst_landmark's "none left" sentinel stays below)
+        return torch.where(torch.isnan(err), err, 2.0 - conf.to(err).clamp(max=1.0))
+
     model = [initial.to(torch.float64)]
     manual = [initial.to(torch.float64)]
     err_model, err_manual = [errors(model[0])], [errors(manual[0])]
+    conf_model = conf_manual = initial_confidence
     clicked_model = torch.zeros((b, k), dtype=torch.bool, device=gt.device)
     clicked_manual = torch.zeros_like(clicked_model)
     clicks_model, clicks_manual = [], []
     rows = torch.arange(b, device=gt.device)
     for r in range(1, int(num_clicks) + 1):
         # model revision: every click so far goes to the network
-        worst = select_worst_landmark(err_model[-1], clicked_model)
+        worst = select_worst_landmark(priority(err_model[-1], conf_model), clicked_model)
         ok = worst >= 0
         clicked_model[rows[ok], worst[ok]] = True
-        pts = predict(clicked_model.clone(), r).to(torch.float64)
+        out = predict(clicked_model.clone(), r)
+        pts, conf_model = out if isinstance(out, tuple) else (out, conf_model)
+        pts = pts.to(torch.float64)
         if enforce_clicks:
             pts = torch.where(clicked_model.unsqueeze(-1), gt, pts)
         model.append(pts)
         err_model.append(errors(pts))
         clicks_model.append(worst)
         # manual revision: only the clicked landmark moves
-        worst = select_worst_landmark(err_manual[-1], clicked_manual)
+        worst = select_worst_landmark(priority(err_manual[-1], conf_manual), clicked_manual)
         ok = worst >= 0
         clicked_manual[rows[ok], worst[ok]] = True
         pts = torch.where(clicked_manual.unsqueeze(-1), gt, manual[-1])
@@ -203,8 +240,9 @@ def click_protocol(
 class InteractiveKeypointEvaluator(SupervisedEvaluator):
     """MONAI evaluator running the click protocol (:func:`click_protocol`) on every image.
 
-    The batch needs ``image`` (preprocessed MetaTensor, e.g. ``FitToShaped`` without moving the landmarks),
-    ``landmarks`` (ground truth in ORIGINAL pixels) and ``spacing``. Each round builds the network input with
+    The batch needs ``image`` (preprocessed MetaTensor), ``landmarks`` (ground truth moved with the image by the
+    preprocessing, e.g. ``FitToShaped``: the network's pixels, as the bundle's evaluation pipeline gives them; errors
+    are measured after mapping them back to the original pixels) and ``spacing``. Each round builds the network input with
     :func:`interactive_inputs` (clicks mapped into the network's pixels with ``move_points``), applies a sigmoid,
     decodes (``decode_method``, default argmax + local soft-argmax) and maps the points back with
     ``points_to_original``.
@@ -219,8 +257,11 @@ class InteractiveKeypointEvaluator(SupervisedEvaluator):
         num_clicks: rounds (the paper shows 0..5; up to 10 is typical).
         unit: ``"px"`` (errors in original pixels) or ``"mm"`` (with each image's spacing).
         previous_prediction: the network has previous-prediction channels; each round gets the previous round's
-            sigmoid heatmaps of the model-revision curve.
+            sigmoid heatmaps of the model-revision curve on the clicked channels only, zeros elsewhere (official
+            ``use_prev_heatmap_only_for_hint_index``).
         enforce_clicks: see :func:`click_protocol`.
+        click_orders: the orders of :func:`click_protocol` to run; the first gives the main ``interactive`` result,
+            the others go in it under their names (``interactive["least_confident"]``).
         decode_method, decode_window: :func:`~monai_ext.decoding.decode_heatmaps` arguments.
         Other arguments: :class:`monai.engines.SupervisedEvaluator`.
     """
@@ -238,6 +279,7 @@ class InteractiveKeypointEvaluator(SupervisedEvaluator):
         enforce_clicks: bool = True,
         decode_method: str = "local_soft_argmax",
         decode_window: int = 5,
+        click_orders: Sequence[str] = ("worst", "least_confident"),
         image_key: str = CommonKeys.IMAGE,
         landmark_key: str = "landmarks",
         spacing_key: str = "spacing",
@@ -258,6 +300,9 @@ class InteractiveKeypointEvaluator(SupervisedEvaluator):
         self.enforce_clicks = as_flag(enforce_clicks, "enforce_clicks")
         self.decode_method = decode_method
         self.decode_window = int(decode_window)
+        self.click_orders = [str(o) for o in ensure_tuple(click_orders)]
+        if not self.click_orders or any(o not in CLICK_ORDERS for o in self.click_orders):
+            raise ValueError(f"InteractiveKeypointEvaluator: click_orders must be among {CLICK_ORDERS}, got {click_orders}.")
         self.image_key, self.landmark_key, self.spacing_key = image_key, landmark_key, spacing_key
 
     def _forward(self, engine: SupervisedEvaluator, image: torch.Tensor, hints: torch.Tensor, previous) -> torch.Tensor:
@@ -281,28 +326,41 @@ class InteractiveKeypointEvaluator(SupervisedEvaluator):
         image = batchdata[self.image_key].to(engine.state.device)
         images = decollate_batch(batchdata[self.image_key], detach=True)
         b, k = image.shape[0], self.num_landmarks
-        gt = convert_to_tensor(batchdata[self.landmark_key], track_meta=False).to(torch.float64).cpu()
-        if gt.shape != (b, k, 2):
-            raise ValueError(f"InteractiveKeypointEvaluator: ground truth must be (B, {k}, 2), got {tuple(gt.shape)}")
+        gt_net = convert_to_tensor(batchdata[self.landmark_key], track_meta=False).to(torch.float64).cpu()
+        if gt_net.shape != (b, k, 2):
+            raise ValueError(f"InteractiveKeypointEvaluator: ground truth must be (B, {k}, 2), got {tuple(gt_net.shape)}")
         spacing = convert_to_tensor(batchdata[self.spacing_key], track_meta=False).to(torch.float64).cpu().reshape(b, 2)
-        gt_net = torch.stack([move_points(gt[i], img.meta["original_affine"], img.affine) for i, img in enumerate(images)])
+        # the preprocessing moved the landmarks with the image (network pixels): the clicks are those points, the
+        # errors are measured in the original pixels
+        gt = torch.stack([points_to_original(gt_net[i], img).to(torch.float64) for i, img in enumerate(images)])
         heights = torch.as_tensor([float(np.asarray(img.meta["original_spatial_shape"]).reshape(-1)[1]) for img in images])
 
         previous = True if self.previous_prediction else None
         heat0 = self._forward(engine, image, None, previous)
         _, pts0, conf0 = self._decode(heat0, images)
-        state = {"previous": heat0}
 
-        def predict(clicked: torch.Tensor, _round: int) -> torch.Tensor:
-            hints = torch.where(clicked.unsqueeze(-1), gt_net, torch.full_like(gt_net, float("nan")))
-            prev = state["previous"] if self.previous_prediction else None
-            heat = self._forward(engine, image, hints.to(engine.state.device), prev)
-            state["previous"] = heat
-            return self._decode(heat, images)[1].cpu()
+        def run(order: str) -> dict[str, torch.Tensor]:
+            state = {"previous": heat0}
 
-        result = click_protocol(
-            predict, pts0.cpu(), gt, self.num_clicks, spacing if self.unit == "mm" else None, self.enforce_clicks
-        )
+            def predict(clicked: torch.Tensor, _round: int) -> tuple[torch.Tensor, torch.Tensor]:
+                hints = torch.where(clicked.unsqueeze(-1), gt_net, torch.full_like(gt_net, float("nan")))
+                prev = None
+                if self.previous_prediction:
+                    keep = clicked.to(state["previous"].device).view(*clicked.shape, *([1] * (heat0.ndim - 2)))
+                    prev = state["previous"] * keep
+                heat = self._forward(engine, image, hints.to(engine.state.device), prev)
+                state["previous"] = heat
+                _, pts, conf = self._decode(heat, images)
+                return pts.cpu(), conf.cpu()
+
+            return click_protocol(
+                predict, pts0.cpu(), gt, self.num_clicks, spacing if self.unit == "mm" else None, self.enforce_clicks,
+                order=order, initial_confidence=conf0.cpu(),
+            )
+
+        result = run(self.click_orders[0])
+        for order in self.click_orders[1:]:
+            result[order] = run(order)
         result.update(gt=gt, image_height=heights)
         engine.state.output = {
             CommonKeys.IMAGE: image,
@@ -310,6 +368,8 @@ class InteractiveKeypointEvaluator(SupervisedEvaluator):
             "pred_landmarks": pts0.to(torch.float32).cpu(),
             "pred_landmarks_mm": torch.stack([points_to_mm(pts0[i].cpu(), spacing[i]) for i in range(b)]).to(torch.float32),
             "pred_confidence": conf0.to(torch.float32).cpu(),
+            "landmarks": gt.to(torch.float32),  # original pixels, as the standard metrics and writers expect
+            "landmarks_mm": torch.stack([points_to_mm(gt[i], spacing[i]) for i in range(b)]).to(torch.float32),
             "interactive": result,
         }
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)

@@ -1,8 +1,9 @@
 """Ignite/MONAI handlers of the landmark workflows."""
 
+from monai_ext.handlers.early_stop import EarlyStopOnValidation
 from monai_ext.handlers.gradient_clipping import GradientNormClipping
 from monai_ext.handlers.groups import LandmarkGroupSummaryWriter
-from monai_ext.handlers.interactive import InteractiveCurveWriter, LossTermsToOutput, MorphologyWarmup
+from monai_ext.handlers.interactive import InteractiveCurveWriter, LossTermsToOutput
 from monai_ext.handlers.nan_guard import StopOnNonFiniteLoss
 from monai_ext.handlers.time_budget import TimeBudget
 from monai_ext.handlers.training_overlays import TrainingOverlayWriter

@@ -1,8 +1,7 @@
 """Handlers of the interactive keypoint workflow (Kim et al., "Morphology-Aware Interactive Keypoint Estimation",
 MICCAI 2022; engines in :mod:`monai_ext.engines.interactive`).
 
-* :class:`MorphologyWarmup` (training): switches the morphology-aware loss terms on after a warm-up;
-  :class:`LossTermsToOutput` puts the loss terms (BCE, distance, direction) into the trainer output for logging.
+* :class:`LossTermsToOutput` (training) puts the loss terms (BCE, distance, direction) into the trainer output for logging.
 * :class:`InteractiveCurveWriter` (evaluation): writes the table (CSV/JSON) and plot (PNG) of the mean radial error
   (and, for spines, the Cobb-angle SMAPE) against the number of clicks, from the click-protocol results of
   :class:`~monai_ext.engines.interactive.InteractiveKeypointEvaluator`.
@@ -28,45 +27,7 @@ from monai.utils import CommonKeys
 from monai_ext.clinical.cobb import cobb_angles, smape
 from monai_ext.utils import as_flag, atomic_path, atomic_write
 
-__all__ = ["MorphologyWarmup", "LossTermsToOutput", "InteractiveCurveWriter"]
-
-
-class MorphologyWarmup:
-    """Scale the morphology-aware terms of a :class:`~monai_ext.losses.morphology.MorphologyAwareHeatmapLoss` by an
-    epoch schedule: 0 for the first ``start_epoch`` epochs, then a linear ramp over ``ramp_epochs`` epochs up to the
-    loss's configured ``lambda_distance`` / ``lambda_direction`` (read when the handler is created).
-
-    Trained from scratch, a network's first heatmaps have no peaks, and coordinate terms on them keep the BCE from
-    forming any (measured: a batch that BCE alone fits to 4.7 px in 150 steps stays at 31 px with the morphology
-    terms on from step 0); with pre-trained weights, as in the paper, ``start_epoch=0`` applies them from the start.
-    """
-
-    def __init__(self, loss: Any, start_epoch: int = 0, ramp_epochs: int = 0) -> None:
-        if start_epoch < 0 or ramp_epochs < 0:
-            raise ValueError(f"MorphologyWarmup: epochs must be >= 0, got start {start_epoch}, ramp {ramp_epochs}")
-        self.loss = loss
-        self.start_epoch = int(start_epoch)
-        self.ramp_epochs = int(ramp_epochs)
-        self.targets = (float(loss.lambda_distance), float(loss.lambda_direction))
-        self._last: float | None = None
-        self.logger = logging.getLogger(__name__)
-
-    def factor(self, epoch: int) -> float:
-        """Weight factor of 1-based ``epoch``."""
-        done = epoch - 1 - self.start_epoch  # completed epochs since the start
-        if done < 0:
-            return 0.0
-        return 1.0 if self.ramp_epochs == 0 else min(1.0, (done + 1) / self.ramp_epochs)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        f = self.factor(engine.state.epoch)
-        self.loss.lambda_distance, self.loss.lambda_direction = (t * f for t in self.targets)
-        if f != self._last:
-            self.logger.info(f"epoch {engine.state.epoch}: morphology-aware loss terms at {f:.2f} of their weight")
-            self._last = f
+__all__ = ["LossTermsToOutput", "InteractiveCurveWriter"]
 
 
 class LossTermsToOutput:
@@ -109,6 +70,8 @@ class InteractiveCurveWriter:
       angles) and ``n_cobb`` (images with all angles defined);
     * ``<name>.json``: the same table, the unit, and per image the clicked landmarks and the per-round MRE;
     * ``<name>.png``: MRE against clicks, both curves;
+    * when the evaluator also ran the ``least_confident`` click order (the user clicks the landmark the model is
+      least sure of, no ground truth needed to choose): the same columns with the suffix ``_confident``;
     * with ``cobb`` (``cobb_endplate``: see :func:`monai_ext.clinical.cobb.cobb_angles`): ``cobb.csv``, per image
       the three angles from the ground-truth points, from the 0-click
       prediction and after ``R`` clicks (model revision), and the angles given with the data when the batch has a
@@ -157,16 +120,28 @@ class InteractiveCurveWriter:
                 "image": str(meta.get("filename_or_obj", f"image_{len(self.records)}")),
                 **{key: _np(res[key]) for key in ("errors_model", "errors_manual", "clicks_model", "clicks_manual")},
             }
+            other = res.get("least_confident")
+            if other is not None:  # the click order without ground truth: least confident landmark first
+                for curve in ("model", "manual"):
+                    record[f"errors_{curve}_confident"] = _np(other[f"errors_{curve}"])
+                    record[f"clicks_{curve}_confident"] = _np(other[f"clicks_{curve}"])
             if self.cobb:
                 height = float(_np(res["image_height"]))
                 record["cobb_gt"] = self._angles(_np(res["gt"]), height)
-                record["cobb_model"] = np.stack([self._angles(p, height) for p in _np(res["model"])])
-                record["cobb_manual"] = np.stack([self._angles(p, height) for p in _np(res["manual"])])
+                for curve in self._curves(record):
+                    source = res if not curve.endswith("_confident") else other
+                    points = _np(source[curve.removesuffix("_confident")])
+                    record[f"cobb_{curve}"] = np.stack([self._angles(p, height) for p in points])
                 given = item.get(self.cobb_key)
                 if given is None and batch is not None and i < len(batch):
                     given = batch[i].get(self.cobb_key)
                 record["cobb_given"] = None if given is None else _np(given).astype(np.float64).reshape(-1)
             self.records.append(record)
+
+    @staticmethod
+    def _curves(record: Mapping[str, Any]) -> list[str]:
+        """``model``, ``manual`` (oracle order) and, when run, ``model_confident``, ``manual_confident``."""
+        return [c for c in ("model", "manual", "model_confident", "manual_confident") if f"errors_{c}" in record]
 
     def _angles(self, points: np.ndarray, height: float) -> np.ndarray:
         return cobb_angles(points, height, self.corners_per_vertebra, self.cobb_endplate).as_array()
@@ -176,19 +151,16 @@ class InteractiveCurveWriter:
         if not self.records:
             raise RuntimeError("InteractiveCurveWriter: no images were evaluated.")
         rounds = self.records[0]["errors_model"].shape[0]
-        model = np.stack([r["errors_model"] for r in self.records])  # (N, R+1, K)
-        manual = np.stack([r["errors_manual"] for r in self.records])
+        curves = self._curves(self.records[0])
+        errors = {c: np.stack([r[f"errors_{c}"] for r in self.records]) for c in curves}  # (N, R+1, K)
         rows = []
         for n in range(rounds):
-            row: dict[str, Any] = {
-                "clicks": n,
-                "mre_model": _mean_finite(model[:, n]),
-                "mre_manual": _mean_finite(manual[:, n]),
-                "n_points": int(np.count_nonzero(~np.isnan(model[:, n]))),
-            }
+            row: dict[str, Any] = {"clicks": n}
+            row.update({f"mre_{c}": _mean_finite(errors[c][:, n]) for c in curves})
+            row["n_points"] = int(np.count_nonzero(~np.isnan(errors["model"][:, n])))
             if self.cobb:
                 gt = np.stack([r["cobb_gt"] for r in self.records])
-                for curve in ("model", "manual"):
+                for curve in curves:
                     pred = np.stack([r[f"cobb_{curve}"][n] for r in self.records])
                     row[f"smape_{curve}"] = smape(pred, gt)
                 ok = np.isfinite(gt).all(1) & np.isfinite(np.stack([r["cobb_model"][n] for r in self.records])).all(1)
@@ -197,10 +169,8 @@ class InteractiveCurveWriter:
         images = [
             {
                 "image": r["image"],
-                "clicks_model": [int(c) for c in r["clicks_model"]],
-                "clicks_manual": [int(c) for c in r["clicks_manual"]],
-                "mre_model": [_mean_finite(e) for e in r["errors_model"]],
-                "mre_manual": [_mean_finite(e) for e in r["errors_manual"]],
+                **{f"clicks_{c}": [int(i) for i in r[f"clicks_{c}"]] for c in curves},
+                **{f"mre_{c}": [_mean_finite(e) for e in r[f"errors_{c}"]] for c in curves},
             }
             for r in self.records
         ]
@@ -238,6 +208,9 @@ class InteractiveCurveWriter:
         fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
         ax.plot(clicks, [r["mre_model"] for r in rows], "o-", label="model revision")
         ax.plot(clicks, [r["mre_manual"] for r in rows], "s--", label="manual revision")
+        if "mre_model_confident" in rows[0]:
+            ax.plot(clicks, [r["mre_model_confident"] for r in rows], "^-", label="model, least confident first")
+            ax.plot(clicks, [r["mre_manual_confident"] for r in rows], "v:", label="manual, least confident first")
         ax.set_xlabel("number of user clicks")
         ax.set_ylabel(f"mean radial error ({self.unit})")
         ax.set_xticks(clicks)

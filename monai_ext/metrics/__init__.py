@@ -11,4 +11,4 @@ from monai_ext.metrics.ignite import (
     landmark_output_transform,
     lower_is_better,
 )
-from monai_ext.metrics.selection import higher_is_better, key_metric_cmp_fn, select_metrics
+from monai_ext.metrics.selection import higher_is_better, key_metric_cmp_fn, key_metric_score, select_metrics

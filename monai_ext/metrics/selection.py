@@ -24,7 +24,7 @@ from monai.engines.utils import default_metric_cmp_fn
 
 from monai_ext.metrics.ignite import lower_is_better
 
-__all__ = ["higher_is_better", "key_metric_cmp_fn", "select_metrics"]
+__all__ = ["higher_is_better", "key_metric_cmp_fn", "key_metric_score", "select_metrics"]
 
 
 def select_metrics(
@@ -57,3 +57,17 @@ def key_metric_cmp_fn(metric: Any) -> Callable[[float, float], bool]:
     """The evaluator's ``metric_cmp_fn`` for ``metric`` (or a one-entry ``key_val_metric`` dict): MONAI's default
     (greater wins) when higher is better, :func:`~monai_ext.metrics.ignite.lower_is_better` otherwise."""
     return default_metric_cmp_fn if higher_is_better(metric) else lower_is_better
+
+
+def key_metric_score(metric: Any) -> Callable[[Any], float]:
+    """``score_function(engine)`` of MONAI's ``EarlyStopHandler`` (which keeps the highest score) for a one-entry
+    ``key_val_metric`` dict: the evaluator's value of it, negated when lower is better (errors)."""
+    if not isinstance(metric, Mapping) or len(metric) != 1:
+        raise ValueError(f"key_metric_score: expected a one-entry key metric dict, got {metric!r}")
+    name = next(iter(metric))
+    sign = 1.0 if higher_is_better(metric) else -1.0
+
+    def score(engine: Any) -> float:
+        return sign * float(engine.state.metrics[name])
+
+    return score

@@ -13,19 +13,31 @@ Interaction (optional, ``hint_channels > 0``): the input is ``cat([image, maps])
 ``hint_channels`` interaction maps (user-click heatmaps, optionally the previous prediction). As in RITM's
 ``Conv1S``, the maps go through a 1x1 convolution, LeakyReLU, a 3x3 stride-2 convolution and a learnable scale
 (initialised to 0.05), and are *added* to the stem features after its first (stride-2) convolution.
+
+Hint gate (optional, ``hint_gate > 0``, the official network's ``HintEncSENet``): the leading ``hint_gate`` map
+channels (the click heatmaps, not the previous prediction) are bilinearly resized (``align_corners=True``) to the
+stage-1 output (256 channels at 1/4), concatenated to it, and go through three 3x3 conv-BN-ReLU (256 channels,
+strides 2, 1, 1) and a squeeze-and-excitation block with global *max* pooling (``256 -> 256/16 -> sum of the
+branch channels``, sigmoid). Its per-channel weights multiply the aggregated branch features before the head.
+The official layout (Kim et al.'s ``RITM_SE_HRNet32`` with ``SE_maxpool: True``) is ``se_reduction=None`` (plain
+residual blocks, as its ``BasicBlockV1b``/``BottleneckV1b``) with ``hint_gate = K``.
+
+ImageNet-pretrained backbone weights: :func:`load_backbone_weights` loads a local state-dict file.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai_ext.networks.base import record_arguments
 
-__all__ = ["HRNet", "SEBlock", "BasicBlock", "Bottleneck", "HighResolutionModule"]
+__all__ = ["HRNet", "SEBlock", "HintSEGate", "BasicBlock", "Bottleneck", "HighResolutionModule", "load_backbone_weights"]
 
 
 def _bn(channels: int, momentum: float) -> nn.BatchNorm2d:
@@ -48,6 +60,57 @@ class SEBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.fc(x)
+
+
+class HintSEGate(nn.Module):
+    """Channel gate driven by the click maps (the official ``HintEncSENet`` of Kim et al. 2022).
+
+    ``cat([features, resize(hints)])`` -> three 3x3 conv-BN-ReLU (``hidden`` channels, strides 2, 1, 1) -> global
+    max pooling -> 1x1 conv ``hidden -> hidden/reduction`` -> ReLU -> 1x1 conv ``-> out_channels`` -> sigmoid.
+
+    Args:
+        feature_channels: channels of the features the hints are concatenated to (the stage-1 output, 256).
+        hint_channels: click-map channels ``K``.
+        out_channels: channels of the gated features (the aggregated branches, ``15 * width`` for four branches).
+        hidden: channels of the three convolutions (256).
+        reduction: SE reduction ratio of ``hidden`` (16).
+        bn_momentum: momentum of the batch normalisations.
+
+    Input ``features (B, feature_channels, W', H')`` and ``hints (B, hint_channels, W, H)`` (any size, resized to
+    ``W', H'``), output gate weights ``(B, out_channels, 1, 1)`` in (0, 1).
+    """
+
+    def __init__(
+        self, feature_channels: int, hint_channels: int, out_channels: int, hidden: int = 256, reduction: int = 16, bn_momentum: float = 0.1
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        ch = feature_channels + hint_channels
+        for stride in (2, 1, 1):
+            layers += [nn.Conv2d(ch, hidden, 3, stride, 1, bias=False), _bn(hidden, bn_momentum), nn.ReLU(inplace=True)]
+            ch = hidden
+        self.encoder = nn.Sequential(*layers)
+        self.squeeze = nn.Conv2d(hidden, max(1, hidden // reduction), 1)
+        self.excite = nn.Conv2d(max(1, hidden // reduction), out_channels, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The official initialisation: ``kaiming_normal_`` (fan in) encoder convolutions, BN weight 1 and bias 0,
+        PyTorch's default for the SE convolutions."""
+        for m in self.encoder.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.squeeze.reset_parameters()
+        self.excite.reset_parameters()
+
+    def forward(self, features: torch.Tensor, hints: torch.Tensor) -> torch.Tensor:
+        hints = F.interpolate(hints, size=features.shape[2:], mode="bilinear", align_corners=True)
+        y = self.encoder(torch.cat([features, hints], 1))
+        y = torch.amax(y, dim=(2, 3), keepdim=True)  # global max pooling (official ``SE_maxpool: True``)
+        return torch.sigmoid(self.excite(F.relu(self.squeeze(y))))
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int, bn_momentum: float) -> nn.Module:
@@ -170,7 +233,8 @@ class _ScaleLayer(nn.Module):
 
 @record_arguments
 class HRNet(nn.Module):
-    """HRNet-W``width`` heatmap network with SE blocks and optional RITM-style interaction maps.
+    """HRNet-W``width`` heatmap network with SE blocks, optional RITM-style interaction maps and an optional
+    click-driven channel gate (:class:`HintSEGate`) on the aggregated features.
 
     Args:
         in_channels: image channels.
@@ -184,12 +248,16 @@ class HRNet(nn.Module):
         stem_channels: channels of the two stride-2 stem convolutions (64).
         se_reduction: squeeze-and-excitation reduction ratio in every residual block; ``None``/0 disables SE.
         hint_hidden: channels of the 1x1 convolution of the interaction maps (RITM: 16).
+        hint_gate: number of *leading* interaction-map channels (the ``K`` click heatmaps, not the previous
+            prediction) that drive a :class:`HintSEGate` multiplying the aggregated branch features before the head
+            (Kim et al.'s official ``HintEncSENet``, there with ``se_reduction=None``); 0 disables the gate.
         output_stride: 1 (logits upsampled to the input size) or 4 (the 1/4 branch resolution).
         head_bias_prior: initial sigmoid output of the heatmap logits (bias ``log(p / (1 - p))``), so that a
             sparse BCE target starts from a near-empty prediction; ``None`` keeps a zero bias.
 
-    Input ``(B, in_channels + hint_channels, W, H)`` (any size; 1/4-branch sizes are rounded up), output
-    ``(B, out_channels, W, H)`` for ``output_stride=1``.
+    Input ``(B, in_channels + hint_channels, W, H)`` (any size; 1/4-branch sizes are rounded up): the image, then
+    the click maps (``K``), then optionally the previous prediction (``K``). Output ``(B, out_channels, W, H)`` for
+    ``output_stride=1``.
     """
 
     def __init__(
@@ -204,6 +272,7 @@ class HRNet(nn.Module):
         stem_channels: int = 64,
         se_reduction: int | None = 16,
         hint_hidden: int = 16,
+        hint_gate: int = 0,
         output_stride: int = 1,
         head_bias_prior: float | None = 0.01,
         bn_momentum: float = 0.1,
@@ -217,9 +286,15 @@ class HRNet(nn.Module):
             raise ValueError(f"HRNet: output_stride must be 1 or 4, got {output_stride}.")
         if min(in_channels, out_channels, width, num_blocks, stem_channels) < 1 or hint_channels < 0:
             raise ValueError("HRNet: channel counts and num_blocks must be positive (hint_channels >= 0).")
+        if not 0 <= hint_gate <= hint_channels:
+            raise ValueError(
+                f"HRNet: hint_gate (click-map channels driving the gate) must be in 0..hint_channels={hint_channels}, "
+                f"got {hint_gate}."
+            )
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.hint_channels = int(hint_channels)
+        self.hint_gate = int(hint_gate)
         self.output_stride = int(output_stride)
         se = int(se_reduction) if se_reduction else None
 
@@ -268,6 +343,8 @@ class HRNet(nn.Module):
             nn.Conv2d(total, out_channels, 1),
         )
         self._init_weights(head_bias_prior)
+        # after ``_init_weights``: the gate keeps the official initialisation
+        self.gate = HintSEGate(planes * 4, self.hint_gate, total, bn_momentum=bn_momentum) if self.hint_gate else None
 
     @staticmethod
     def _transition(pre: Sequence[int], cur: Sequence[int], bn_momentum: float) -> nn.ModuleList:
@@ -308,7 +385,12 @@ class HRNet(nn.Module):
             nn.init.constant_(last.bias, math.log(head_bias_prior / (1.0 - head_bias_prior)))
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Branch features ``[(B, C, W/4, H/4), (B, 2C, W/8, H/8), ...]`` of an input with its interaction maps."""
+        """Branch features ``[(B, C, W/4, H/4), (B, 2C, W/8, H/8), ...]`` of an input with its interaction maps
+        (not gated: the gate acts on the aggregated features, see :meth:`forward`)."""
+        return self._trunk(x)[0]
+
+    def _trunk(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Branch features and the hint gate ``(B, sum(branch_channels), 1, 1)`` (``None`` without a gate)."""
         expected = self.in_channels + self.hint_channels
         # a traced graph keeps no Python checks (they would only emit TracerWarnings), as in the other networks
         if not torch.jit.is_tracing() and (x.ndim != 4 or x.shape[1] != expected):
@@ -322,18 +404,72 @@ class HRNet(nn.Module):
             y = y + self.maps_transform(maps)
         y = self.relu(self.bn2(self.conv2(y)))
         xs = [self.layer1(y)]
+        gate = self.gate(xs[0], maps[:, : self.hint_gate]) if self.gate is not None else None
         for transition, stage in zip(self.transitions, self.stages):
             xs = [t(xs[b] if b < len(xs) else xs[-1]) for b, t in enumerate(transition)]
             xs = stage(xs)
         if len(self.stages) == 0:
             xs = [t(xs[b]) for b, t in enumerate(self.transitions[0])]
-        return xs
+        return xs, gate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xs = self.features(x)
+        xs, gate = self._trunk(x)
         size = xs[0].shape[2:]
         feats = torch.cat([xs[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in xs[1:]], 1)
+        if gate is not None:
+            feats = feats * gate
         logits = self.head(feats)
         if self.output_stride == 1:
             logits = F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
         return logits
+
+
+def load_backbone_weights(network: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
+    """Load pretrained (e.g. ImageNet) backbone weights from a local state-dict file into ``network``, in place.
+
+    Every file entry whose name and shape match an entry of ``network.state_dict()`` is loaded; the others are
+    skipped, and the network's own values are kept for the entries the file lacks. A convolution weight with 1 input
+    channel in the network and 3 in the file (the stem of a grayscale network, the file an RGB one) is summed over
+    the input channels: the official code feeds the grayscale image as 3 identical channels, so the result is
+    the same. The names must already follow the network's naming: mapping the keys of HRNet-Image-Classification
+    checkpoints (``hrnetv2_w32_imagenet_pretrained.pth``) to :class:`HRNet` is not done here.
+
+    Args:
+        network: the network to load into (``DataParallel``/``DistributedDataParallel`` wrappers are looked through).
+        path: a ``torch.save``-d state dict (``{name: tensor}``); nothing is downloaded.
+
+    Returns:
+        ``{"loaded": file entries loaded, "skipped": file entries not loaded (unknown name or other shape),
+        "missing": network entries the file did not provide}``, names in order.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file. ValueError: it cannot be read as a state dict.
+    """
+    if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        network = network.module
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"load_backbone_weights: backbone weight file {os.fspath(path)!r} does not exist.")
+    try:
+        weights: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"load_backbone_weights: cannot read backbone weight file {os.fspath(path)!r}: {e}") from e
+    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ValueError(
+            f"load_backbone_weights: {os.fspath(path)!r} is not a state dict ({{name: tensor}}), got {type(weights).__name__}."
+        )
+    state = network.state_dict()
+    loaded: list[str] = []
+    skipped: list[str] = []
+    for name, value in weights.items():
+        target = state.get(name)
+        if target is not None and value.shape != target.shape and value.ndim == 4 and target.ndim == 4:
+            if target.shape[1] == 1 and value.shape[1] == 3 and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+                value = value.sum(dim=1, keepdim=True)  # RGB stem -> grayscale stem (3 identical channels)
+        if target is None or value.shape != target.shape:
+            skipped.append(name)
+            continue
+        state[name] = value.to(dtype=target.dtype)
+        loaded.append(name)
+    network.load_state_dict(state)
+    done = set(loaded)
+    return {"loaded": loaded, "skipped": skipped, "missing": [k for k in state if k not in done]}

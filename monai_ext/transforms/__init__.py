@@ -33,6 +33,7 @@ from monai_ext.transforms.hints import (
     RandClickSimulationd,
     attach_clicks,
     click_count_probabilities,
+    kim2022_click_count_probabilities,
     encode_hints,
     parse_clicks,
 )

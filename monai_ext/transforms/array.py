@@ -97,10 +97,17 @@ class FitToShape(Transform):
             enlarging); ``anti_aliasing`` as MONAI's ``Resize``.
         pad_value: constant for the padded border, or ``"min"``: the image's minimum (after the intensity
             window that is its darkest value, whatever the stored range, e.g. negative modality-LUT values).
+        keep_aspect: ``False`` stretches the image to ``spatial_size`` instead (anisotropic pixels, no padding; e.g.
+            Kim et al.'s spine input of 512 x 256); the affine records the stretch, so landmarks still map exactly.
     """
 
     def __init__(
-        self, spatial_size: Sequence[int], mode: str = "area", anti_aliasing: bool = False, pad_value: float | str = 0.0
+        self,
+        spatial_size: Sequence[int],
+        mode: str = "area",
+        anti_aliasing: bool = False,
+        pad_value: float | str = 0.0,
+        keep_aspect: bool = True,
     ):
         if isinstance(pad_value, str) and pad_value != "min":
             raise ValueError(f"FitToShape: pad_value must be a number or 'min', got {pad_value!r}.")
@@ -108,8 +115,11 @@ class FitToShape(Transform):
         self.mode = mode
         self.anti_aliasing = anti_aliasing
         self.pad_value = pad_value
+        self.keep_aspect = bool(keep_aspect)
 
     def resized_shape(self, img: MetaTensor) -> tuple[int, ...]:
+        if not self.keep_aspect:
+            return self.spatial_size
         shape = np.asarray(img.shape[1:], dtype=np.float64)
         affine = _affine(img.affine)
         nd = len(shape)

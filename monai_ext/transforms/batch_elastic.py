@@ -9,6 +9,7 @@ resampling left to do. Conventions are those of :mod:`monai_ext`: spatial dim 0 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,11 @@ def sample_field(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     grid = _to_grid(points.to(field.dtype), field.shape[2:])[:, :, None, :]  # (B, K, 1, 2)
     out = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)  # (B, 2, K, 1)
     return out[..., 0].transpose(1, 2)
+
+
+def _range(value: Any) -> tuple[float, ...]:
+    """A MONAI ``RandAffineGrid`` range as floats: ``()`` when not given (``None`` entries are no range)."""
+    return tuple(float(r) for r in (value or ()) if r is not None)
 
 
 class BatchRandAffineElastic(BatchRandAffine):
@@ -104,9 +110,9 @@ class BatchRandAffineElastic(BatchRandAffine):
             inner = t.transform if isinstance(t, ApplyWithLandmarksd) else t
             if isinstance(inner, RandAffined) and "rotate_range" not in args:
                 grid = inner.rand_affine.rand_affine_grid
-                args.update(rotate_range=float(grid.rotate_range[0]) if grid.rotate_range else 0.0,
-                            scale_range=tuple(float(r) for r in grid.scale_range) or 0.0,
-                            translate_range=tuple(float(r) for r in grid.translate_range) or 0.0,
+                args.update(rotate_range=_range(grid.rotate_range)[0] if _range(grid.rotate_range) else 0.0,
+                            scale_range=_range(grid.scale_range) or 0.0,
+                            translate_range=_range(grid.translate_range) or 0.0,
                             prob=float(inner.prob), padding_mode=str(inner.padding_mode[0]),
                             pad_value=float(getattr(t, "pad_value", 0.0)))
             elif isinstance(inner, RandLandmarkElasticd):

@@ -124,10 +124,11 @@ class FitToShaped(MapTransform):
         mode: str = "area",
         anti_aliasing: bool = False,
         pad_value: float | str = 0.0,
+        keep_aspect: bool = True,
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
-        self.fitter = FitToShape(spatial_size, mode=mode, anti_aliasing=anti_aliasing, pad_value=pad_value)
+        self.fitter = FitToShape(spatial_size, mode=mode, anti_aliasing=anti_aliasing, pad_value=pad_value, keep_aspect=keep_aspect)
         self.landmark_keys = ensure_tuple(landmark_keys)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:

@@ -37,6 +37,7 @@ from monai_ext.transforms.array import move_points
 __all__ = [
     "encode_hints",
     "click_count_probabilities",
+    "kim2022_click_count_probabilities",
     "parse_clicks",
     "attach_clicks",
     "RandClickSimulationd",
@@ -63,6 +64,14 @@ def click_count_probabilities(max_clicks: int = 12, decay: float = 0.7) -> np.nd
     if max_clicks < 0 or not 0.0 < decay <= 1.0:
         raise ValueError(f"need max_clicks >= 0 and 0 < decay <= 1, got {max_clicks}, {decay}")
     p = decay ** np.arange(max_clicks + 1, dtype=np.float64)
+    return p / p.sum()
+
+
+def kim2022_click_count_probabilities() -> np.ndarray:
+    """The click-count distribution of Kim et al.'s training (official code, ``util.py``, ``num_dist: datset16``):
+    ``P(n)`` for ``n = 0..12`` is ``1/8, 1/2, 1/4, 1/16, 1/32, ..., 1/4096, 1/4096`` (one click is the most likely,
+    one sample in eight has none)."""
+    p = np.asarray([1 / 8, 1 / 2, 1 / 4] + [2.0 ** -n for n in range(4, 13)] + [2.0**-12], dtype=np.float64)
     return p / p.sum()
 
 
