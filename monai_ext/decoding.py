@@ -77,6 +77,26 @@ def _quadratic_offsets(
     return offsets
 
 
+def _patch(
+    flat: torch.Tensor, peak: torch.Tensor, spatial: tuple[int, ...], window: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``window**ndim`` cube around integer peaks ``(B, K, ndim)`` of flattened heatmaps ``(B, K, N)``: per-axis
+    steps ``(window,)``, cube offsets ``(W, ndim)``, the values ``(B, K, W)`` (positions outside the heatmap read its
+    nearest border pixel: mask them) and whether each position lies inside the heatmap ``(B, K, W)``."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd number of pixels, got {window}.")
+    half = window // 2
+    device = flat.device
+    steps = torch.arange(-half, half + 1, device=device)
+    grid = torch.stack(torch.meshgrid(*([steps] * len(spatial)), indexing="ij"), dim=-1).reshape(-1, len(spatial))
+    sizes = torch.tensor(spatial, device=device)
+    positions = peak.unsqueeze(-2) + grid  # (B, K, W, ndim)
+    inside = ((positions >= 0) & (positions < sizes)).all(dim=-1)
+    positions = torch.minimum(positions.clamp(min=0), sizes - 1)
+    values = flat.gather(-1, (positions * torch.tensor(_strides(spatial), device=device)).sum(-1))
+    return steps, grid, values, inside
+
+
 def _local_soft_argmax_offsets(
     flat: torch.Tensor, index: torch.Tensor, peak: torch.Tensor, spatial: tuple[int, ...], window: int
 ) -> torch.Tensor:
@@ -87,18 +107,11 @@ def _local_soft_argmax_offsets(
     profile; the weights are that profile minus its minimum, clipped at 0 (subtracting the floor removes most
     of the pull towards the cube centre that the truncated tails of a peak cause). No positive weight gives 0.
     """
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"window must be a positive odd number of pixels, got {window}.")
-    half = window // 2
-    ndim = len(spatial)
-    device = flat.device
-    steps = torch.arange(-half, half + 1, device=device)
-    grid = torch.stack(torch.meshgrid(*([steps] * ndim), indexing="ij"), dim=-1).reshape(-1, ndim)  # (W, ndim)
-    sizes = torch.tensor(spatial, device=device)
+    steps, grid, values, _ = _patch(flat, peak, spatial, window)
+    ndim, half = len(spatial), window // 2
+    sizes = torch.tensor(spatial, device=flat.device)
     reach = torch.minimum(torch.minimum(peak, sizes - 1 - peak), torch.full_like(peak, half))  # (B, K, ndim)
     inside = (grid.abs() <= reach.unsqueeze(-2)).all(dim=-1)  # (B, K, W)
-    positions = torch.minimum((peak.unsqueeze(-2) + grid).clamp(min=0), sizes - 1)  # (B, K, W, ndim)
-    values = flat.gather(-1, (positions * torch.tensor(_strides(spatial), device=device)).sum(-1))
     values = torch.where(inside, values, torch.zeros_like(values)).reshape(*values.shape[:-1], *([window] * ndim))
     offsets = []
     for d in range(ndim):
@@ -122,18 +135,7 @@ def _local_softmax_offsets(
     The softmax runs over the whole cube, padded pixels included (value 0, weight ``exp(0)``); the offset is
     differentiable w.r.t. the patch values (the integer peak is not).
     """
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"window must be a positive odd number of pixels, got {window}.")
-    half = window // 2
-    ndim = len(spatial)
-    device = flat.device
-    steps = torch.arange(-half, half + 1, device=device)
-    grid = torch.stack(torch.meshgrid(*([steps] * ndim), indexing="ij"), dim=-1).reshape(-1, ndim)  # (W, ndim)
-    sizes = torch.tensor(spatial, device=device)
-    positions = peak.unsqueeze(-2) + grid  # (B, K, W, ndim)
-    inside = ((positions >= 0) & (positions < sizes)).all(dim=-1)  # (B, K, W)
-    positions = torch.minimum(positions.clamp(min=0), sizes - 1)
-    values = flat.gather(-1, (positions * torch.tensor(_strides(spatial), device=device)).sum(-1))
+    _, grid, values, inside = _patch(flat, peak, spatial, window)
     values = torch.where(inside, values, torch.zeros_like(values))
     weights = torch.softmax(beta * values, dim=-1)  # (B, K, W)
     return (weights.unsqueeze(-1) * grid.to(flat.dtype)).sum(-2)

@@ -7,12 +7,14 @@
 #   bash scripts/cpu_benchmarks.sh bundles  [OUT]     # adv_posenet, interactive_kp, kneel cpu.json on the hand set, interactive_kp on AASCE
 #   bash scripts/cpu_benchmarks.sh adv_posenet|interactive_kp|kneel|interactive_kp_spine [OUT]   # one of those runs
 #   bash scripts/cpu_benchmarks.sh scn_cv   [OUT]     # 3-fold cross-validation of SCN cpu.json on the hand set, pooled test errors
+#   bash scripts/cpu_benchmarks.sh interactive_kp_spine_45 [OUT]   # interactive_kp cpu.json on AASCE with 45 minutes
+#                                                     # (the interactive issue's budget), MRE vs clicks on the test split
 #
 # OUT defaults to runs/bench (runs/cv for scn_cv). Every run uses the bundles' default seed (0). The time budget is the
 # recipe's own (max_minutes 15, TimeBudget: whole epochs while the next fits, validation included); --minutes 16 is a
 # safety stop of the harness. Each benchmark run writes OUT/<name>.json and .log; the report: scripts/benchmark.py report.
 set -u
-phase=${1:?phase: datalists | scn | bundles | adv_posenet | interactive_kp | kneel | interactive_kp_spine | scn_cv}
+phase=${1:?phase: datalists | scn | bundles | adv_posenet | interactive_kp | kneel | interactive_kp_spine | interactive_kp_spine_45 | scn_cv}
 hand=${HAND:-data/hand_xray/datalist.json}
 spine=${SPINE:-data/spine_aasce/datalist.json}
 
@@ -45,6 +47,13 @@ adv_posenet | interactive_kp | kneel | interactive_kp_spine | bundles)
         bench kneel_hand_cpu --bundle kneel --datalist "$hand" --config hand,cpu ;; esac
     case "$phase" in interactive_kp_spine | bundles)
         bench interactive_kp_spine_cpu --bundle interactive_kp --datalist "$spine" --config cpu ;; esac
+    ;;
+interactive_kp_spine_45)
+    out=${2:-runs/bench}; mkdir -p "$out"
+    python scripts/benchmark.py run --out "$out/interactive_kp_spine_cpu45.json" --epochs 100000 --minutes 46 --section test \
+        --latency_images 22 --warmup 2 --latency_devices cpu --bundle interactive_kp --datalist "$spine" --config cpu \
+        --overrides '{"max_minutes": 45}' >"$out/interactive_kp_spine_cpu45.log" 2>&1
+    echo "interactive_kp_spine_45: exit $? ($(date -u +%T))"
     ;;
 scn_cv)
     out=${2:-runs/cv}; mkdir -p "$out"

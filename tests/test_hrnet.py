@@ -251,3 +251,17 @@ def test_load_backbone_weights_bad_files(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pth"):
         load_backbone_weights(tiny(), tmp_path / "junk.pth")
+
+
+def test_with_backbone_weights_is_the_config_entry_point(tmp_path):
+    from monai_ext.networks import with_backbone_weights
+
+    torch.manual_seed(0)
+    source = HRNet(1, 4, hint_channels=8, width=4, num_modules=[1, 1, 1, 1], num_blocks=1, stem_channels=8)
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    target = HRNet(1, 4, hint_channels=8, width=4, num_modules=[1, 1, 1, 1], num_blocks=1, stem_channels=8)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    assert with_backbone_weights(target, None) is target
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())  # no file: untouched
+    assert with_backbone_weights(target, tmp_path / "w.pt") is target
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())

@@ -48,6 +48,20 @@ def test_click_count_distribution_favours_few_clicks():
     assert np.all(np.diff(p) < 0) and p[0] > 0.25
 
 
+def test_official_click_count_distribution():
+    """Kim et al.'s ``num_dist`` (official util.py): 1/8, 1/2, 1/4, 1/16, ... for 0, 1, 2, 3, ... clicks up to 12."""
+    from monai_ext.transforms import kim2022_click_count_probabilities
+
+    p = kim2022_click_count_probabilities()
+    assert len(p) == 13 and p.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(p[:5], [1 / 8, 1 / 2, 1 / 4, 1 / 16, 1 / 32])
+    assert p[-1] == p[-2] == pytest.approx(1 / 4096)
+    sim = RandClickSimulationd(keys="landmarks", probabilities=p).set_random_state(0)
+    counts = [int(torch.isfinite(sim({"landmarks": torch.rand(68, 2) * 50})["hint_landmarks"]).all(-1).sum())
+              for _ in range(400)]
+    assert 0.08 < counts.count(0) / 400 < 0.18 and 0.42 < counts.count(1) / 400 < 0.58
+
+
 def test_simulated_clicks_are_ground_truth_positions_of_visible_landmarks():
     landmarks = torch.arange(20, dtype=torch.float32).reshape(10, 2) * 3.0
     landmarks[[2, 7]] = float("nan")

@@ -69,6 +69,29 @@ def test_click_protocol_clicks_the_worst_landmark_each_round():
     assert torch.isnan(res["errors_model"][0, :, 4]).all()
 
 
+def test_least_confident_order_needs_no_ground_truth_to_choose():
+    gt, initial = _setup()
+    conf0 = torch.tensor([[0.9, 0.2, 0.5, 0.7, 0.1]])  # landmark 4 is the least confident but has no ground truth
+
+    def predict(clicked: torch.Tensor, r: int):
+        conf = conf0.clone()
+        conf[clicked] = 1.0
+        conf[0, 0] = 0.05 if r >= 2 else 0.9  # from round 2 the model is unsure of landmark 0
+        out = initial.clone()
+        out[clicked] = gt[clicked]
+        return out, conf
+
+    res = click_protocol(predict, initial, gt, num_clicks=4, order="least_confident", initial_confidence=conf0)
+    # model: lowest current confidence among clicked-able landmarks: 1 (0.2), 2 (0.5), then 0 (0.05), then 3
+    assert res["clicks_model"][0].tolist() == [1, 2, 0, 3]
+    # manual: the 0-click confidences only: 1, 2, 3, 0; the missing landmark never
+    assert res["clicks_manual"][0].tolist() == [1, 2, 3, 0]
+    with pytest.raises(ValueError, match="initial_confidence"):
+        click_protocol(predict, initial, gt, num_clicks=1, order="least_confident")
+    with pytest.raises(ValueError, match="order"):
+        click_protocol(predict, initial, gt, num_clicks=1, order="random")
+
+
 def test_manual_revision_sets_exactly_the_clicked_landmarks():
     gt, initial = _setup()
     res = click_protocol(lambda clicked, r: initial.clone(), initial, gt, num_clicks=3, enforce_clicks=False)
@@ -131,6 +154,7 @@ def test_evaluator_maps_clicks_to_the_network_and_back(spine_data: Path, tmp_pat
     with open(tmp_path / "interactive.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["clicks"]) for r in rows] == [0, 1, 2, 3] and "smape_model" in rows[0]
+    assert {"mre_model_confident", "mre_manual_confident", "smape_model_confident"} <= set(rows[0])
     assert (tmp_path / "interactive.png").stat().st_size > 1000
     assert json.loads((tmp_path / "interactive.json").read_text())["unit"] == "px"
     assert (tmp_path / "cobb.csv").is_file()

@@ -86,6 +86,19 @@ def test_fit_to_shape_keeps_physical_aspect_and_landmarks():
     np.testing.assert_allclose(points_to_original(d["landmarks"], d["image"]).numpy(), POINTS, atol=1e-3)
 
 
+def test_fit_to_shape_stretch_fills_the_output_and_maps_landmarks_back():
+    """``keep_aspect=False`` (Kim et al.'s 512 x 256 spine input): no padding, anisotropic pixels, exact landmarks."""
+    img = blob_image(POINTS, SHAPE, spacing=(0.5, 0.3))
+    out = FitToShape((48, 64), mode="bilinear", keep_aspect=False)(img)
+    assert tuple(out.shape[1:]) == (48, 64)
+    spacing = torch.linalg.norm(out.affine[:2, :2], dim=0)
+    assert float(spacing[0]) == pytest.approx(SHAPE[0] * 0.5 / 48, rel=1e-6)
+    assert float(spacing[1]) == pytest.approx(SHAPE[1] * 0.3 / 64, rel=1e-6)
+    d = FitToShaped("image", (48, 64), mode="bilinear", keep_aspect=False)({"image": img, "landmarks": torch.tensor(POINTS)})
+    np.testing.assert_allclose(d["landmarks"].numpy(), centroids(d["image"]), atol=0.15)
+    np.testing.assert_allclose(points_to_original(d["landmarks"], d["image"]).numpy(), POINTS, atol=1e-3)
+
+
 def test_flip_permutes_left_right_and_moves_points():
     img = blob_image(POINTS, SHAPE)
     flip = LandmarkFlip(spatial_axis=0, flip_pairs=[[0, 1]])

@@ -7,7 +7,7 @@ from monai_ext.networks.discriminators import ConfidenceDiscriminator, PoseDiscr
 from monai_ext.networks.hourglass import StackedHourglass
 from monai_ext.networks.kneel import KneelHourglass
 from monai_ext.networks.scn import SpatialConfigurationNet
-from monai_ext.networks.hrnet import HRNet, HintSEGate, load_backbone_weights
+from monai_ext.networks.hrnet import HRNet, HintSEGate, load_backbone_weights, with_backbone_weights
 
 
 @record_arguments

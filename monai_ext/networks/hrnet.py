@@ -27,6 +27,7 @@ ImageNet-pretrained backbone weights: :func:`load_backbone_weights` loads a loca
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -37,7 +38,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai_ext.networks.base import record_arguments
 
-__all__ = ["HRNet", "SEBlock", "HintSEGate", "BasicBlock", "Bottleneck", "HighResolutionModule", "load_backbone_weights"]
+__all__ = [
+    "HRNet",
+    "SEBlock",
+    "HintSEGate",
+    "BasicBlock",
+    "Bottleneck",
+    "HighResolutionModule",
+    "load_backbone_weights",
+    "with_backbone_weights",
+]
 
 
 def _bn(channels: int, momentum: float) -> nn.BatchNorm2d:
@@ -473,3 +483,15 @@ def load_backbone_weights(network: nn.Module, path: str | os.PathLike) -> dict[s
     network.load_state_dict(state)
     done = set(loaded)
     return {"loaded": loaded, "skipped": skipped, "missing": [k for k in state if k not in done]}
+
+
+def with_backbone_weights(network: nn.Module, path: str | os.PathLike | None) -> nn.Module:
+    """``network`` with :func:`load_backbone_weights` from ``path`` applied (``None``: unchanged), for a bundle config's
+    ``network`` id; the counts of loaded, skipped and missing entries are logged."""
+    if path:
+        report = load_backbone_weights(network, path)
+        logging.getLogger(__name__).info(
+            f"backbone weights {path}: {len(report['loaded'])} entries loaded, {len(report['skipped'])} skipped "
+            f"(name or shape not in the network), {len(report['missing'])} of the network's entries not in the file"
+        )
+    return network
