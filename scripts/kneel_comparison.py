@@ -182,7 +182,6 @@ def compare(
     common = {
         "datalist": str(datalist_path),
         "max_epochs": int(epochs),
-        "lr_milestones": [max(1, int(0.5 * epochs)), max(2, int(0.8 * epochs))],
         "images_per_batch": int(batch_size),
         "num_workers": int(num_workers),
         "val_interval": int(val_interval),

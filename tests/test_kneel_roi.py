@@ -188,3 +188,56 @@ def test_two_stage_inferer_returns_landmarks_in_order_and_in_place(refine_steps)
     assert float((in_original - POINTS).norm(dim=-1).max()) < 0.5
     with pytest.raises(ValueError, match="original images"):
         inferer(batch, net1)
+
+
+def test_landmark_slots_one_output_per_landmark_and_roi_reads_only_its_own():
+    # one ROI per landmark, the left knee's ROIs mirrored: slot j is landmark j (its partner in a mirrored ROI)
+    groups = LandmarkGroups([[0], [1], [2], [3]], flip=[False, False, True, True], flip_pairs=[[0, 2], [1, 3]], slots="landmarks")
+    assert groups.group_size == 4 and groups.slot_names(["a", "b", "c", "d"]) == ["a", "b", "c", "d"]
+    assert groups.owned(1) == [1] and groups.owned(2) == [0]  # mirrored landmark 2 sits in landmark 0's slot
+    gathered = groups.gather(POINTS, 2)
+    torch.testing.assert_close(gathered[0], POINTS[2])
+    assert bool(torch.isnan(gathered[1:]).all())  # the other landmarks are not this ROI's: no loss on them
+    # each ROI contributes only its own landmark; the rest of its outputs is ignored
+    per_roi = [torch.full((4, 2), 100.0 + g) for g in range(4)]
+    out = groups.scatter(per_roi)
+    torch.testing.assert_close(out[:, 0], torch.tensor([100.0, 101.0, 102.0, 103.0]))
+    # groups may differ in size with landmark slots, not with group slots
+    assert LandmarkGroups([[0, 1], [2]], slots="landmarks").owned(0) == [0, 1]
+    with pytest.raises(ValueError, match="same size"):
+        LandmarkGroups([[0, 1], [2]])
+    with pytest.raises(ValueError, match="slots"):
+        LandmarkGroups([[0]], slots="bogus")
+
+
+def test_landmark_slot_crops_and_two_stage_inference_map_back():
+    groups = LandmarkGroups([[0], [1], [2], [3]], flip=[False, False, True, True], flip_pairs=[[0, 2], [1, 3]], slots="landmarks")
+    data = {"image": _image(), "landmarks": POINTS.float()}
+    items = RoiCropsd("image", groups, spacing=0.5, spatial_size=(32, 32))(data)
+    assert [d["roi"] for d in items] == [0, 1, 2, 3]
+    for g, d in enumerate(items):
+        slot = groups.owned(g)[0]
+        assert int(torch.isfinite(d["landmarks"]).all(-1).sum()) == 1
+        centre = (torch.tensor(d["image"].shape[1:], dtype=torch.float32) - 1) / 2  # the ROI is centred on its landmark
+        torch.testing.assert_close(d["landmarks"][slot], centre, atol=1e-3, rtol=0)
+    rand = RandRoiCropsd("image", groups, spacing=0.5, spatial_size=(32, 32), num_rois=2)
+    rand.set_random_state(0)
+    drawn = [tuple(d["roi"] for d in rand(data)) for _ in range(20)]
+    assert all(len(r) == 2 and len(set(r)) == 2 for r in drawn) and len(set(drawn)) > 1
+    assert [d["roi"] for d in rand.deterministic()(data)] == [0, 1, 2, 3]
+
+    class Centroid(torch.nn.Module):  # every output slot = the blob nearest the ROI centre (a single-blob ROI)
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return _centroids(x).expand(-1, 4, -1).float()
+
+    original = _image()
+    stage1 = ResampleToSpacingd("image", spacing=4.0, spatial_size=(64, 32), landmark_keys=[])({"image": original})["image"]
+    centres = move_points(POINTS, original.affine, stage1.affine) + 0.5  # stage 1 two mm off
+    inferer = TwoStageInferer(Centroid(), groups, spacing=0.25, spatial_size=(32, 32), refine_steps=1)
+    pred = inferer(MetaTensor(stage1.as_tensor()[None], affine=stage1.affine), _FixedCentres(centres), originals=[original], affines=stage1.affine[None])
+    in_original = points_to_original(pred[0], MetaTensor(torch.zeros(1, 64, 32), affine=stage1.affine, meta={"original_affine": original.affine}))
+    assert float((in_original - POINTS).norm(dim=-1).max()) < 0.5

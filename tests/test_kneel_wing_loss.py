@@ -65,3 +65,13 @@ def test_bad_arguments():
         WingLoss(reduction="batchmean")
     with pytest.raises(ValueError, match="shape"):
         WingLoss()(torch.zeros(1, 2, 2), torch.zeros(1, 3, 2))
+
+
+def test_scale_normalises_coordinates_as_the_official_code():
+    # official KNEEL: wing on coordinates / crop size, where it is nearly L1 (slope width / curvature = 5)
+    pred, target = torch.zeros(1, 1, 2), torch.tensor([[[12.8, 6.4]]])
+    expected = 15.0 * torch.log1p(torch.tensor([0.1, 0.05]) / 3.0)
+    torch.testing.assert_close(WingLoss(scale=128)(pred, target), expected.mean())
+    torch.testing.assert_close(WingLoss(scale=[128, 64])(pred, target), 15.0 * torch.log1p(torch.tensor(0.1 / 3.0)))
+    with pytest.raises(ValueError, match="positive"):
+        WingLoss(scale=0)

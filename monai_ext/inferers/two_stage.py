@@ -37,7 +37,8 @@ class TwoStageInferer(Inferer):
     3. ``roi_network`` predicts the ``group_size`` landmarks of every ROI (in ROI pixels), they are moved back to the
        original image and scattered into the full landmark order (the mirror permutation undone,
        :meth:`~monai_ext.transforms.roi.LandmarkGroups.scatter`);
-    4. with ``refine_steps > 0`` each ROI is re-centred on the mean of its predicted landmarks and predicted again;
+    4. with ``refine_steps > 0`` each ROI is re-centred on the mean of its predicted landmarks (its own group's,
+       :meth:`~monai_ext.transforms.roi.LandmarkGroups.owned`) and predicted again;
     5. the ``(B, K, D)`` points are returned in the stage-1 input's pixels (float32), as a single-stage model would.
 
     Args:
@@ -85,7 +86,7 @@ class TwoStageInferer(Inferer):
                 x = torch.stack([torch.as_tensor(b.as_tensor() if isinstance(b, MetaTensor) else b) for b in batch])
                 pred = self.roi_network(x.to(device=device, dtype=torch.float32)).detach().to("cpu", torch.float64)
                 per_roi = [move_points(pred[g], crops[g].affine, image.affine) for g in range(len(crops))]
-                centres = torch.stack([p.mean(0) for p in per_roi])
+                centres = torch.stack([p[self.groups.owned(g)].mean(0) for g, p in enumerate(per_roi)])
         return self.groups.scatter(per_roi)
 
     def __call__(  # type: ignore[override]

@@ -13,9 +13,11 @@ large ones an L1 (robust to outliers).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+from monai.utils import ensure_tuple
 
 __all__ = ["WingLoss", "wing"]
 
@@ -35,6 +37,10 @@ class WingLoss(nn.Module):
     Args:
         width: ``w``, the half-width of the log region (KNEEL: 15 input pixels).
         curvature: ``eps``, the curvature of the log region (KNEEL: 3).
+        scale: divide the coordinate differences by this many pixels first (one value or one per axis), e.g. the
+            network's input size: KNEEL's official code applies the wing to coordinates normalised to ``[0, 1]`` by
+            the crop size, where ``|x| << width`` and the loss is in effect ``(width / eps) |x|`` (an L1). ``None``:
+            input pixels.
         reduction: ``"mean"`` over the valid coordinates (every coordinate of every present landmark),
             ``"sum"``, or ``"none"`` (``(B, K, D)``, 0 where missing).
 
@@ -46,7 +52,13 @@ class WingLoss(nn.Module):
             path, so an all-missing batch does not break the backward pass).
     """
 
-    def __init__(self, width: float = 15.0, curvature: float = 3.0, reduction: str = "mean") -> None:
+    def __init__(
+        self,
+        width: float = 15.0,
+        curvature: float = 3.0,
+        reduction: str = "mean",
+        scale: float | Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         if width <= 0 or curvature <= 0:
             raise ValueError(f"WingLoss: width and curvature must be > 0, got {width} and {curvature}.")
@@ -55,6 +67,9 @@ class WingLoss(nn.Module):
         self.width = float(width)
         self.curvature = float(curvature)
         self.reduction = reduction
+        self.scale = None if scale is None else tuple(float(v) for v in ensure_tuple(scale))
+        if self.scale is not None and min(self.scale) <= 0:
+            raise ValueError(f"WingLoss: scale must be positive, got {scale}.")
 
     def forward(
         self,
@@ -77,6 +92,10 @@ class WingLoss(nn.Module):
             valid = valid & (mask != 0)
         valid = valid[..., None].expand_as(input)
         diff = torch.where(valid, input - torch.nan_to_num(target), torch.zeros_like(input))
+        if self.scale is not None:
+            if len(self.scale) not in (1, diff.shape[-1]):
+                raise ValueError(f"WingLoss: scale needs 1 or {diff.shape[-1]} values, got {self.scale}.")
+            diff = diff / torch.as_tensor(self.scale, device=diff.device, dtype=diff.dtype)
         loss = torch.where(valid, wing(diff, self.width, self.curvature), torch.zeros_like(input))
         if self.reduction == "none":
             return loss

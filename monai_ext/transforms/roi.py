@@ -52,12 +52,21 @@ class LandmarkGroups:
     * mirrored (``flip[g]``): the left/right partner (``flip_pairs``) of ``groups[0][j]`` — after the mirror, the
       left knee's ``femur_lat_margin_L`` is where a right knee has its ``femur_lat_margin_R``.
 
+    With ``slots="landmarks"`` the high-cost model has one output per landmark of the full set (``group_size = K``,
+    slot ``j`` is landmark ``j``, or its flip partner in a mirrored ROI) and ROI ``g`` is supervised and read only
+    on its own group's landmarks (:meth:`gather` leaves the others NaN). Groups may then differ in size and need
+    not look alike: e.g. one ROI per landmark (singleton groups) on a hand, where fingers and carpal bones would
+    otherwise share slots with contradictory meanings.
+
     Args:
-        groups: ``G`` lists of landmark indices, all of the same length; the first group is the reference.
+        groups: ``G`` lists of landmark indices (all of the same length with ``slots="group"``); the first group is
+            the reference.
         flip: ``G`` booleans, which ROIs are mirrored (the first one cannot be); default none.
         flip_pairs: ``[[i, j], ...]`` left/right landmark pairs (the datalist's); needed when an ROI is mirrored.
         num_landmarks: ``K``; default the largest index + 1.
         names: ``G`` group names (default ``"group_<g>"``).
+        slots: ``"group"`` (KNEEL's knees: the model predicts the reference group's landmarks in every ROI) or
+            ``"landmarks"`` (one output per landmark, see above).
     """
 
     def __init__(
@@ -67,11 +76,15 @@ class LandmarkGroups:
         flip_pairs: Sequence[Sequence[int]] = (),
         num_landmarks: int | None = None,
         names: Sequence[str] | None = None,
+        slots: str = "group",
     ) -> None:
         self.groups = [[int(i) for i in g] for g in groups]
         if not self.groups or any(len(g) == 0 for g in self.groups):
             raise ValueError(f"LandmarkGroups: need at least one non-empty group, got {groups!r}.")
-        if len({len(g) for g in self.groups}) != 1:
+        if slots not in ("group", "landmarks"):
+            raise ValueError(f"LandmarkGroups: slots must be 'group' or 'landmarks', got {slots!r}.")
+        self.slots = slots
+        if slots == "group" and len({len(g) for g in self.groups}) != 1:
             raise ValueError(f"LandmarkGroups: all groups must have the same size, got sizes {[len(g) for g in self.groups]}.")
         self.flip = [bool(f) for f in flip] if flip is not None else [False] * len(self.groups)
         if len(self.flip) != len(self.groups):
@@ -87,7 +100,18 @@ class LandmarkGroups:
         partner = {}
         for i, j in flip_pairs:
             partner[int(i)], partner[int(j)] = int(j), int(i)
-        self._indices = []
+        self._indices: list[list[int]] = []
+        if slots == "landmarks":
+            for g, group in enumerate(self.groups):
+                if self.flip[g]:
+                    missing = [i for i in group if i not in partner]
+                    if missing:
+                        raise ValueError(f"LandmarkGroups: group {g} is flipped but landmarks {missing} have no flip pair.")
+                    self._indices.append([partner.get(j, j) for j in range(self.num_landmarks)])
+                else:
+                    self._indices.append(list(range(self.num_landmarks)))
+            self._owned = [[self._indices[g].index(i) for i in group] for g, group in enumerate(self.groups)]
+            return
         for g, group in enumerate(self.groups):
             if not self.flip[g]:
                 self._indices.append(list(group))
@@ -102,6 +126,7 @@ class LandmarkGroups:
                     f"are not its landmarks {group}."
                 )
             self._indices.append(mirrored)
+        self._owned = [list(range(len(self.groups[0])))] * len(self.groups)
 
     @property
     def num_groups(self) -> int:
@@ -109,14 +134,23 @@ class LandmarkGroups:
 
     @property
     def group_size(self) -> int:
-        return len(self.groups[0])
+        """Outputs of the high-cost model: the group size, or ``K`` with ``slots="landmarks"``."""
+        return self.num_landmarks if self.slots == "landmarks" else len(self.groups[0])
 
     def indices(self, g: int) -> list[int]:
         """Full-set landmark index of each slot of ROI ``g`` (length :attr:`group_size`)."""
         return list(self._indices[g])
 
+    def owned(self, g: int) -> list[int]:
+        """The slots ROI ``g`` is supervised on and read from (all of them with ``slots="group"``; its own group's
+        landmarks with ``slots="landmarks"``)."""
+        return list(self._owned[g])
+
     def slot_names(self, landmark_names: Sequence[str]) -> list[str]:
-        """Names of the high-cost model's outputs: the reference group's landmark names."""
+        """Names of the high-cost model's outputs: the reference group's landmark names (all with
+        ``slots="landmarks"``)."""
+        if self.slots == "landmarks":
+            return [str(n) for n in landmark_names[: self.num_landmarks]]
         return [str(landmark_names[i]) for i in self.groups[0]]
 
     def centres(self, landmarks: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -135,17 +169,23 @@ class LandmarkGroups:
     def gather(self, landmarks: torch.Tensor | np.ndarray, g: int) -> torch.Tensor:
         """``(..., K, D)`` landmarks -> ``(..., group_size, D)``: ROI ``g``'s landmarks in slot order."""
         pts = convert_to_tensor(landmarks, track_meta=False)
-        return pts[..., self._indices[g], :]
+        out = pts[..., self._indices[g], :]
+        if self.slots == "landmarks":
+            keep = torch.zeros(self.num_landmarks, dtype=torch.bool, device=out.device)
+            keep[self._owned[g]] = True
+            out = torch.where(keep[:, None], out, torch.full_like(out, float("nan")))
+        return out
 
     def scatter(self, per_roi: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-        """Undo :meth:`gather`: ``G`` tensors ``(group_size, D)`` (slot order) -> ``(K, D)`` in the full order;
-        landmarks in no group are NaN."""
+        """Undo :meth:`gather`: ``G`` tensors ``(group_size, D)`` (slot order) -> ``(K, D)`` in the full order
+        (each ROI's :meth:`owned` slots only); landmarks in no group are NaN."""
         parts = [convert_to_tensor(p, track_meta=False) for p in per_roi]
         if len(parts) != self.num_groups:
             raise ValueError(f"LandmarkGroups.scatter: got {len(parts)} ROIs, expected {self.num_groups}.")
         out = torch.full((self.num_landmarks, parts[0].shape[-1]), float("nan"), dtype=parts[0].dtype, device=parts[0].device)
         for g, p in enumerate(parts):
-            out[self._indices[g]] = p
+            slots = self._owned[g]
+            out[[self._indices[g][j] for j in slots]] = p[slots]
         return out
 
 
@@ -357,6 +397,10 @@ class RoiCropsd(MapTransform):
         """Shift of the ROI centre in the image's pixels (none here; random in :class:`RandRoiCropsd`)."""
         return torch.zeros(img.ndim - 1, dtype=torch.float64)
 
+    def select(self, rois: list[int]) -> list[int]:
+        """The ROIs cropped from an image (all here; a random subset in :class:`RandRoiCropsd`)."""
+        return rois
+
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict]:
         d = dict(data)
         key = self.keys[0]
@@ -371,7 +415,7 @@ class RoiCropsd(MapTransform):
             centres = self.groups.centres(points)
         else:
             raise KeyError(f"RoiCropsd: neither '{self.landmark_key}' nor a centre key in the data to centre the ROIs on.")
-        rois = [g for g in range(self.groups.num_groups) if bool(torch.isfinite(centres[g]).all())]
+        rois = self.select([g for g in range(self.groups.num_groups) if bool(torch.isfinite(centres[g]).all())])
         out = []
         for g in rois or [0]:
             centre = centres[g] if rois else torch.as_tensor([(s - 1) / 2.0 for s in img.shape[1:]], dtype=torch.float64)
@@ -391,19 +435,31 @@ class RoiCropsd(MapTransform):
 class RandRoiCropsd(Randomizable, RoiCropsd):
     """:class:`RoiCropsd` with each ROI centre shifted by a uniform random offset in ``[-jitter_mm, jitter_mm]``
     per axis (mm, converted with the image's spacing): the high-cost stage then learns to cope with an imprecise
-    low-cost stage."""
+    low-cost stage. With ``num_rois``, each call keeps that many ROIs drawn at random without replacement (many
+    small groups, e.g. one ROI per landmark: a batch then mixes ROIs of several images, and an epoch visits every
+    image without cropping all of its ROIs)."""
 
-    def __init__(self, *args: Any, jitter_mm: float | Sequence[float] = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, jitter_mm: float | Sequence[float] = 0.0, num_rois: int | None = None, **kwargs: Any
+    ) -> None:
         RoiCropsd.__init__(self, *args, **kwargs)
+        if num_rois is not None and int(num_rois) < 1:
+            raise ValueError(f"RandRoiCropsd: num_rois must be >= 1 (or None for all), got {num_rois}.")
         self.jitter_mm = jitter_mm
+        self.num_rois = None if num_rois is None else int(num_rois)
 
     def randomize(self, data: Any = None) -> None:
         pass  # offsets are drawn per ROI in offset()
 
+    def select(self, rois: list[int]) -> list[int]:
+        if self.num_rois is None or len(rois) <= self.num_rois:
+            return rois
+        return sorted(int(g) for g in self.R.choice(rois, self.num_rois, replace=False))
+
     def deterministic(self) -> RoiCropsd:
         """The same ROI crops without the jitter (the validation counterpart of this training transform)."""
         crop = RoiCropsd.__new__(RoiCropsd)
-        crop.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("R", "jitter_mm")})
+        crop.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("R", "jitter_mm", "num_rois")})
         return crop
 
     def offset(self, img: MetaTensor) -> torch.Tensor:
