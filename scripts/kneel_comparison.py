@@ -1,5 +1,6 @@
 """Two-stage KNEEL vs a single model on the whole image, with the bundle's own configs: on synthetic knees
-(default) or on any datalist with a list of landmark groups (e.g. ``../shared/data/hand_xray``).
+(default) or on any datalist with the bundle's variants (e.g. ``--variants hand,cpu`` on ``../shared/data/hand_xray``:
+the hand layout and the CPU recipe's time budgets) or a list of landmark groups.
 
 All arms use ``bundles/kneel/configs/train.json`` (same network, wing loss, mixup, cutout, optimiser and schedule,
 same stage-1 input grid), each in its own bundle root under ``--out_dir`` (``<arm>/models``, ``<arm>/eval``):
@@ -12,8 +13,13 @@ same stage-1 input grid), each in its own bundle root under ``--out_dir`` (``<ar
   landmarks of each knee on ROIs from the original image, initialised from stage 1's ``models/model.pt``), evaluated
   end to end (``run evaluating``: the bundle's evaluation overlays, each model from its checkpoint's record), also
   with one refinement pass (ROIs re-centred on the first prediction);
+* **stage 1 alone**: the two-stage arm's stage-1 model scored by its own validator: the error of the ROI centres it
+  predicts (with one ROI per landmark, as the hand layout, these are its landmarks: what stage 2 must improve on);
 * **two stage, stage 2 from scratch** (``--scratch True``): the same stage 1 (the two-stage arm's), stage 2 trained
   again without KNEEL's stage-1 -> stage-2 weight transfer (``--init_from_stage1 false``), evaluated the same way.
+
+Budgets: ``--epochs`` per training run, or ``--minutes`` per training run (the bundle's ``max_minutes``); the single
+stage gets ``--single_minutes`` (default: the two stages' total, an equal budget).
 
 Models are selected on the validation split; the figures are on ``--section`` (default: the held-out test split when
 the datalist has one, as the bundle's evaluation chooses; a datalist without one, such as the 91/21 hand split,
@@ -24,6 +30,8 @@ for both stages); pass larger values on a GPU.
 Usage::
 
     python scripts/kneel_comparison.py --out_dir runs/kneel_comparison --num_threads 1 [--epochs 40] [--size 64]
+    python scripts/kneel_comparison.py --out_dir runs/kneel_hand --datalist data/hand_xray/datalist.json \
+        --variants hand,cpu --minutes 7.5 --scratch True
 
 Timings in the output are CPU seconds of the process (``time.process_time``, all threads) and the total wall time.
 """
@@ -34,12 +42,14 @@ import json
 import logging
 import math
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import fire
 import torch
 
+from monai_ext.benchmark import machine_info
 from monai_ext.bundle import config_files, datalist_header, training_stages
 from monai_ext.data import evaluation_section, load_datalist
 from monai_ext.data.synthetic import PHANTOMS, generate_dataset
@@ -52,10 +62,6 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "kneel"
 CONFIGS = BUNDLE / "configs"
 RADII = [1, 1.5, 2, 2.5, 3, 3.5, 4, 5]
 
-#: Landmark groups of the 37-landmark hand set, as the bundle's ``configs/hand.json`` defines them (the four fingers
-#: and the thumb as MCP, PIP, DIP, tip, and the carpus in equal-size groups; see that file).
-_HAND = json.loads((CONFIGS / "hand.json").read_text())
-HAND_GROUPS = dict(zip(_HAND["roi_group_names"], _HAND["roi_groups"]))
 KNEE_GROUPS = {"right_knee": list(range(8)), "left_knee": list(range(8, 16))}
 
 
@@ -75,16 +81,37 @@ def _workflow(files: list[str], run_id: str, **overrides: Any):
 
 
 def _train(
-    root: Path, stages: list[str | None], first: dict[str, Any], later: dict[str, Any], **overrides: Any
+    root: Path, stages: list[str | None], variants: list[str], first: dict[str, Any], later: dict[str, Any],
+    **overrides: Any,
 ) -> None:
-    """The training runs ``stages`` of the bundle (``None``: ``train.json``; ``"stage2.json"``: stage 2) with bundle
-    root ``root`` (models in ``root/models``, stage 2's in ``root/models/stage2``), ``overrides`` and, for the first
-    run, ``first`` (its input size: stage 2 sets its own, the ROI size), for the later ones ``later``."""
+    """The training runs ``stages`` of the bundle (``None``: ``train.json``; ``"stage2.json"``: stage 2) with its
+    ``variants`` and bundle root ``root`` (models in ``root/models``, stage 2's in ``root/models/stage2``),
+    ``overrides`` and, for the first run, ``first`` (e.g. its input size: stage 2 sets its own, the ROI size), for the
+    later ones ``later``."""
     for stage in stages:
-        wf = _workflow(config_files(BUNDLE, "train", stage=stage), "training", bundle_root=str(root),
+        wf = _workflow(config_files(BUNDLE, "train", variants, stage=stage), "training", bundle_root=str(root),
                        output_dir=str(root / "eval"), **overrides, **(later if stage else first))
         wf.run()
         wf.finalize()
+
+
+def _validate(root: Path, variants: list[str], section: str, overrides: dict[str, Any]) -> torch.Tensor:
+    """Errors ``(N, G)`` (mm) of the stage-1 model in ``root/models/model.pt`` on ``section``, by its own validator:
+    of the ROI centres it predicts (of the landmarks with one group per landmark)."""
+    wf = _workflow(
+        config_files(BUNDLE, "train", variants), "testing", bundle_root=str(root), output_dir=str(root / "eval"),
+        **overrides,
+        **{
+            "validate#datalist": f"$monai_ext.data.load_datalist(@datalist, '{section}', @header['landmarks'])",
+            "validate#handlers": [{"_target_": "CheckpointLoader", "load_path": "@stage1_ckpt", "load_dict": {"model": "@network"}}],
+            "radii": RADII,
+            "testing": ["$@validate#evaluator.run()"],
+        },
+    )
+    wf.run()
+    errors = wf.parser.get_parsed_content("validate#evaluator").state.metric_details["val_mre"]
+    wf.finalize()
+    return errors
 
 
 def _row(summary: dict) -> dict:
@@ -102,11 +129,9 @@ def _format(results: dict[str, dict[str, dict]]) -> str:
 
 
 def _groups(groups: Any, names: list[str]) -> tuple[list[list[int]], list[str], list[bool]]:
-    """``groups``: ``"knees"``, ``"hand"`` or a JSON/dict ``{name: [indices]}``; knees flip the left knee."""
+    """``groups``: ``"knees"`` or a JSON/dict ``{name: [indices]}``; knees flip the left knee."""
     if groups in ("knees", None):
         table, flip = KNEE_GROUPS, [False, True]
-    elif groups == "hand":
-        table, flip = HAND_GROUPS, None
     else:
         table, flip = (json.loads(groups) if isinstance(groups, str) else dict(groups)), None
     idx = [[int(i) for i in g] for g in table.values()]
@@ -115,9 +140,24 @@ def _groups(groups: Any, names: list[str]) -> tuple[list[list[int]], list[str], 
     return idx, list(table), flip or [False] * len(idx)
 
 
+def _rows(errors: torch.Tensor, names: list[str], report: LandmarkGroups | None) -> dict[str, dict]:
+    """``{"all": row, group: row, ...}`` of ``(N, K)`` landmark errors (per group only with ``report``)."""
+    rows = {"all": _row(summarize_errors(errors.cpu().numpy(), RADII, landmark_names=names))}
+    if report is not None:
+        per_group = LandmarkGroupSummaryWriter(Path("."), "val_mre", report, names, RADII).summaries(errors)
+        rows.update({g: _row(s) for g, s in per_group.items()})
+    return rows
+
+
+#: sizes of the default run on synthetic knees (without ``--variants``); with variants the configs' values apply
+SYNTHETIC_DEFAULTS = {"size": 64, "stage1_spacing": 7.0, "roi_size_mm": 96.0, "base_width": 12, "depth": 3,
+                      "batch_size": 8, "val_interval": 5}
+
+
 def compare(
     out_dir: str = "runs/kneel_comparison",
     datalist: str | None = None,
+    variants: Any = None,
     groups: Any = None,
     section: str | None = None,
     scratch: bool = False,
@@ -125,44 +165,50 @@ def compare(
     n_val: int = 8,
     n_test: int = 16,
     epochs: int = 40,
-    size: int = 64,
-    stage1_spacing: float = 7.0,
-    roi_size_mm: float = 96.0,
-    base_width: int = 12,
-    depth: int = 3,
-    batch_size: int = 8,
-    val_interval: int = 5,
+    minutes: float | None = None,
+    single_minutes: float | None = None,
+    size: int | None = None,
+    stage1_spacing: float | None = None,
+    roi_size_mm: float | None = None,
+    base_width: int | None = None,
+    depth: int | None = None,
+    batch_size: int | None = None,
+    val_interval: int | None = None,
     seed: int = 42,
     num_threads: int | None = None,
     num_workers: int = 0,
 ) -> dict:
-    """Train the arms briefly and print/write (``results.json``) their errors on ``section``.
+    """Train the arms and print/write (``results.json``) their errors on ``section``.
 
     Args:
         out_dir: where data, checkpoints and outputs go.
         datalist: a datalist JSON (default: synthetic knees generated in ``out_dir/data``).
-        groups: ROI landmark groups: ``"knees"`` (default, synthetic), ``"hand"`` (:data:`HAND_GROUPS`) or a JSON
-            object ``{"name": [indices], ...}`` of equal-size groups.
+        variants: the bundle's config variants merged after ``train.json`` (e.g. ``"hand,cpu"``); their groups,
+            sizes and budgets apply unless given here. Without variants the synthetic defaults
+            (:data:`SYNTHETIC_DEFAULTS`) apply.
+        groups: ROI landmark groups: ``"knees"`` (default without variants, synthetic) or a JSON object
+            ``{"name": [indices], ...}`` of equal-size groups; also the per-group rows of the report.
         section: datalist section the figures are reported on (models are selected on ``validation``); default:
             ``test`` when the datalist has one, else ``validation`` (:func:`monai_ext.data.evaluation_section`).
         scratch: also train stage 2 from scratch (no stage-1 -> stage-2 transfer) on the same stage 1.
         n_train, n_val, n_test: synthetic knee images per split (ignored with ``datalist``).
-        epochs: epochs per trained model (the LR drops at 50 % and 80 % of them, as 50/80 of 100).
-        size: network input size (pixels, both stages; a multiple of ``4 * 2**depth``).
+        epochs: epochs per trained model (ignored with ``minutes``).
+        minutes: time budget per training run (the bundle's ``max_minutes``; then as many epochs as fit).
+        single_minutes: the single stage's budget (default: ``minutes`` times the number of training runs).
+        size: network input size of stage 1 and of the ROIs (pixels; a multiple of ``4 * 2**depth``).
         stage1_spacing: mm per pixel of the whole-image input (``size * stage1_spacing`` mm must cover the image).
         roi_size_mm: physical ROI size; the ROI spacing is ``roi_size_mm / size``.
         base_width, depth: hourglass width and depth (both stages).
-        batch_size: images per training batch (the bundle's ``images_per_batch``: stage 2 takes the ROIs of
-            ``batch_size // groups`` images).
+        batch_size: images per training batch (the bundle's ``images_per_batch``).
         val_interval, seed: training settings.
         num_threads: torch CPU threads (default: torch's); 1 avoids OpenMP spin-waiting on a busy machine.
-        num_workers: DataLoader workers of every training and evaluation; 0 (default) keeps the run in one process,
-            a GPU needs several (stage 2 resamples 10 ROIs per image on the CPU: about 0.25 s per image on one
-            2-core worker).
+        num_workers: DataLoader workers of every training and evaluation; 0 (default) keeps the run in one process.
     """
+    cli = _cli_args(dict(locals()))
     if num_threads:
         torch.set_num_threads(int(num_threads))
     logging.basicConfig(level=logging.WARNING)
+    variants = [v if v.endswith(".json") else f"{v}.json" for v in _names(variants)]
     out = Path(out_dir).resolve()
     if datalist is None:
         data_dir = out / "data"
@@ -176,26 +222,27 @@ def compare(
     section = section or evaluation_section(datalist_path)
     if not load_datalist(datalist_path, section, validate=False):
         raise ValueError(f"{datalist_path}: section {section!r} has no images to report on")
-    roi_groups, group_names, roi_flip = _groups(groups, names)
-    report_groups = LandmarkGroups(roi_groups, names=group_names)
+    given = {"size": size, "stage1_spacing": stage1_spacing, "roi_size_mm": roi_size_mm, "base_width": base_width,
+             "depth": depth, "batch_size": batch_size, "val_interval": val_interval}
+    value = {k: v if v is not None else (None if variants else SYNTHETIC_DEFAULTS[k]) for k, v in given.items()}
     # training settings of every training run; stage 2's input is its ROI grid (roi_size_mm / roi_spacing = size)
-    common = {
-        "datalist": str(datalist_path),
-        "max_epochs": int(epochs),
-        "images_per_batch": int(batch_size),
-        "num_workers": int(num_workers),
-        "val_interval": int(val_interval),
-        "seed": int(seed),
-        "stage1_spacing": float(stage1_spacing),
-        "roi_size_mm": [float(roi_size_mm), float(roi_size_mm)],
-        "roi_spacing": float(roi_size_mm) / int(size),
-        "base_width": int(base_width),
-        "depth": int(depth),
-        "roi_groups": roi_groups,
-        "roi_group_names": group_names,
-        "roi_flip": roi_flip,
-    }
-    stage1 = {"spatial_size": [int(size), int(size)]}
+    common: dict[str, Any] = {"datalist": str(datalist_path), "num_workers": int(num_workers), "seed": int(seed)}
+    common.update({"max_epochs": 100000, "max_minutes": float(minutes)} if minutes else {"max_epochs": int(epochs)})
+    for key, name in (("images_per_batch", "batch_size"), ("val_interval", "val_interval"),
+                      ("stage1_spacing", "stage1_spacing"), ("base_width", "base_width"), ("depth", "depth")):
+        if value[name] is not None:
+            common[key] = value[name]
+    if value["roi_size_mm"] is not None:
+        if value["size"] is None:
+            raise ValueError("--roi_size_mm needs --size (the ROI spacing is roi_size_mm / size)")
+        common["roi_size_mm"] = [float(value["roi_size_mm"])] * 2
+        common["roi_spacing"] = float(value["roi_size_mm"]) / int(value["size"])
+    report = None
+    if groups is not None or not variants:
+        roi_groups, group_names, roi_flip = _groups(groups, names)
+        common.update({"roi_groups": roi_groups, "roi_group_names": group_names, "roi_flip": roi_flip})
+        report = LandmarkGroups(roi_groups, names=group_names, slots="landmarks")
+    stage1 = {"spatial_size": [int(value["size"])] * 2} if value["size"] is not None else {}
     stages = training_stages(BUNDLE)
     results: dict[str, dict[str, dict]] = {}
     timings: dict[str, float] = {}
@@ -205,50 +252,39 @@ def compare(
     single_root = out / "single"
     single = {**common, "roi_groups": [[k] for k in range(len(names))], "roi_group_names": names,
               "roi_flip": [False] * len(names)}
+    if minutes:
+        single["max_minutes"] = float(single_minutes or minutes * len(stages))
     t0, w0 = time.process_time(), time.time()
-    _train(single_root, stages[:1], stage1, {}, **single)
+    _train(single_root, stages[:1], variants, stage1, {}, **single)
     timings["single_stage_training_cpu_s"] = time.process_time() - t0
     timings["single_stage_training_wall_s"] = time.time() - w0
     # its own validator (errors of every landmark: one per group) on the section, with its best checkpoint
-    wf = _workflow(
-        config_files(BUNDLE, "train"), "testing", bundle_root=str(single_root), output_dir=str(single_root / "eval"),
-        **single, **stage1,
-        **{
-            "validate#datalist": f"$monai_ext.data.load_datalist(@datalist, '{section}', @header['landmarks'])",
-            "validate#handlers": [{"_target_": "CheckpointLoader", "load_path": "@stage1_ckpt", "load_dict": {"model": "@network"}}],
-            "radii": RADII,
-            "testing": ["$@validate#evaluator.run()"],
-        },
-    )
-    wf.run()
-    errors = wf.parser.get_parsed_content("validate#evaluator").state.metric_details["val_mre"]
-    wf.finalize()
-    per_group = LandmarkGroupSummaryWriter(out, "val_mre", report_groups, names, RADII).summaries(errors)
-    results["single stage (whole image)"] = {
-        "all": _row(summarize_errors(errors.cpu().numpy(), RADII, landmark_names=names)),
-        **{g: _row(s) for g, s in per_group.items()},
-    }
+    results["single stage (whole image)"] = _rows(_validate(single_root, variants, section, {**single, **stage1}), names, report)
 
     # two stages: the bundle's training runs as configured (stage 2 initialised from stage 1), evaluated end to end
     two_root = out / "two_stage"
     t0, w0 = time.process_time(), time.time()
-    _train(two_root, stages, stage1, {}, **common)
+    _train(two_root, stages, variants, stage1, {}, **common)
     timings["two_stage_training_cpu_s"] = time.process_time() - t0
     timings["two_stage_training_wall_s"] = time.time() - w0
+    # its stage 1 alone: the ROI centres stage 2 starts from (with one ROI per landmark, its landmarks)
+    centres = _validate(two_root, variants, section, {**common, **stage1})
+    centre_names = names if centres.shape[-1] == len(names) else [f"centre_{g}" for g in range(centres.shape[-1])]
+    results["stage 1 alone (its ROI centres)"] = _rows(centres, centre_names, report if centre_names is names else None)
     # arm: (label, bundle root, run-level evaluation overrides, refinement passes)
     arms = [("two stage", two_root, {}, (0, 1))]
     if scratch:
         # the same stage 1 (the two-stage arm's models/model.pt); stage 2 trained again from random initialisation
         scratch_root = out / "two_stage_scratch"
+        stage1_ckpt = str(two_root / "models" / "model.pt")
         t0, w0 = time.process_time(), time.time()
-        _train(scratch_root, stages[1:], stage1, {"init_from_stage1": False}, **common)
+        _train(scratch_root, stages[1:], variants, stage1, {"init_from_stage1": False, "stage1_ckpt": stage1_ckpt}, **common)
         timings["stage2_scratch_training_cpu_s"] = time.process_time() - t0
         timings["stage2_scratch_training_wall_s"] = time.time() - w0
-        arms.append(("two stage, stage 2 from scratch", scratch_root,
-                     {"ckpt_path": str(two_root / "models" / "model.pt")}, (0,)))
+        arms.append(("two stage, stage 2 from scratch", scratch_root, {"ckpt_path": stage1_ckpt}, (0, 1)))
     for label0, root, over, refines in arms:
         for refine in refines:
-            label = label0 + (" + 1 refinement" if refine else "")
+            label = label0 + (f" + {refine} refinement" if refine else " (no refinement)")
             eval_dir = root / f"{section}_refine{refine}"
             t0 = time.time()
             # the models' records set the networks, groups, grids and sizes: only run-level ids here
@@ -256,25 +292,44 @@ def compare(
                            output_dir=str(root / "eval"), datalist=str(datalist_path), num_workers=int(num_workers),
                            eval_section=section, eval_dir=str(eval_dir), refine_steps=refine, radii=RADII, **over)
             wf.run()
+            errors = wf.parser.get_parsed_content("evaluator").state.metric_details["val_mre"]
             wf.finalize()
             timings[f"{label} evaluation_wall_s"] = time.time() - t0
-            summary = json.loads((eval_dir / "summary.json").read_text())
-            groups_summary = json.loads((eval_dir / "groups.json").read_text())
-            results[label] = {"all": _row(summary), **{g: _row(s) for g, s in groups_summary.items()}}
+            results[label] = _rows(errors, names, report)
 
     timings["total_cpu_s"] = time.process_time() - cpu0
     timings["total_wall_s"] = time.time() - wall0
-    report = {
-        "settings": {"datalist": str(datalist_path), "section": section, "n_train": n_train, "n_val": n_val,
-                     "n_test": n_test, **common, **stage1, "torch_threads": torch.get_num_threads()},
+    record = {
+        "command": "python scripts/kneel_comparison.py " + " ".join(f"--{k} {v}" for k, v in cli.items()),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "settings": {"datalist": str(datalist_path), "section": section, "variants": variants, "n_train": n_train,
+                     "n_val": n_val, "n_test": n_test, **common, **stage1, "torch_threads": torch.get_num_threads()},
         "timings": timings,
         "results": results,
     }
     with atomic_write(out / "results.json") as f:
-        json.dump(report, f, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
+        json.dump(record, f, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
     print(_format(results))
     print(json.dumps(timings))
-    return report
+    return record
+
+
+def _names(value: Any) -> list[str]:
+    """``"a,b"`` / ``["a", "b"]`` / ``None`` -> a list of names."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def _cli_args(args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of :func:`compare` that differ from their defaults (for the record's command line)."""
+    import inspect
+
+    params = inspect.signature(compare).parameters
+    return {k: args[k] for k, p in params.items() if k in args and args[k] != p.default}
 
 
 if __name__ == "__main__":

@@ -26,16 +26,18 @@ def _run(bundle: Path, configs: list[str], run_id: str, tmp: Path, **overrides):
 def test_hand_config_trains_evaluates_and_infers(name: str, tmp_path: Path):
     bundle = REPO / "bundles" / name
     hand = json.loads((bundle / "configs" / "hand.json").read_text())
-    # quick.json (merged last) shrinks the networks; hand.json's 112 mm KNEEL ROIs at quick's 2 mm would be 56 px,
-    # not a multiple of the quick hourglass's 32: 3.5 mm gives 32 px
-    small = {"roi_spacing": 3.5} if name == "kneel" else {}
+    # quick.json (merged last) shrinks the networks; hand.json's 40 mm KNEEL ROIs at quick's 2 mm would be 20 px,
+    # not a multiple of the quick hourglass's 32: 1.25 mm gives 32 px
+    small = {"roi_spacing": 1.25} if name == "kneel" else {}
     train_bundle(bundle, tmp_path, ("hand.json",), synthetic_kind="hand", **small)
     wf = bundle_workflow(bundle, ["train.json", "hand.json"], "training", tmp_path, synthetic_kind="hand", **small)
     parser = wf.parser
     assert parser.get_parsed_content("header")["num_landmarks"] == 37
     if name == "kneel":
         groups = parser.get_parsed_content("groups")
-        assert parser.get_parsed_content("roi_groups") == hand["roi_groups"] and groups.num_groups == 10
+        # one ROI per landmark, one stage-2 output per landmark
+        assert parser.get_parsed_content("roi_groups") == [[k] for k in range(37)] and groups.num_groups == 37
+        assert hand["roi_slots"] == "landmarks" and groups.group_size == 37 and groups.owned(5) == [5]
         assert (tmp_path / "models" / "stage2" / "model.pt").is_file()
     elif name == "adv_posenet":
         assert parser.get_parsed_content("optimizer").param_groups[0]["lr"] == hand["learning_rate"] == 1e-3

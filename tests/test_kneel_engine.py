@@ -189,3 +189,33 @@ def test_stage2_must_fit_the_stage1_model_in_training_and_end_to_end(tmp_path):
     error = raised.value.__cause__
     assert isinstance(error, ModelConfigMismatch) and "roi_groups" in str(error)
     assert "stage 2 was trained after another stage 1" in str(error)
+
+
+def test_stage2_validates_end_to_end_like_the_evaluation(tmp_path):
+    """Stage 2 selects its checkpoint on what the two models do together: its validator (stage-1 ROI centres from
+    the stage-1 model file, this network in the ROIs, the refinement pass) gives the errors of the end-to-end
+    evaluation of the same two models on the same images."""
+    from bundle_workflow import save_untrained_model, workflow_files
+    from conftest import REPO
+
+    from monai_ext.bundle import read_config
+    from monai_ext.data.synthetic import generate_dataset
+
+    kneel = REPO / "bundles" / "kneel"
+    generate_dataset("knees", tmp_path / "data", n_train=2, n_val=3, n_test=0, seed=3)
+    paths = {"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data")}
+    save_untrained_model(kneel, tmp_path)
+    stage2_file = save_untrained_model(kneel, tmp_path, stage="stage2.json")
+    training = read_config(workflow_files(kneel, ["train.json"], "stage2.json"), **paths)
+    training.get_parsed_content("network").load_state_dict(torch.load(stage2_file, weights_only=True)["model"])
+    validator = training.get_parsed_content("validate#evaluator")
+    validator.run()
+    evaluate = read_config(workflow_files(kneel, ["evaluate.json"]), **paths, eval_section="validation")
+    for i in range(len(evaluate.get("initialize"))):
+        evaluate.get_parsed_content(f"initialize#{i}")
+    evaluator = evaluate.get_parsed_content("evaluator")
+    evaluator.run()
+    during_training = validator.state.metric_details["val_mre"]
+    end_to_end = evaluator.state.metric_details["val_mre"]
+    assert during_training.shape == end_to_end.shape == (3, 16)
+    torch.testing.assert_close(during_training, end_to_end, atol=1e-3, rtol=0)

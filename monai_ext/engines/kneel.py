@@ -38,6 +38,7 @@ __all__ = [
     "PrepareTwoStageBatch",
     "init_from_checkpoint",
     "require_checkpoints",
+    "trained_network",
 ]
 
 logger = logging.getLogger(__name__)
@@ -186,3 +187,16 @@ def transferred(
             ModelConfig.load(path).check(values, advice="train stage 2 with stage 1's datalist and configs, or retrain stage 1")
         init_from_checkpoint(network, path, map_location)
     return network
+
+
+def trained_network(path: str | os.PathLike, device: Any = "cpu") -> nn.Module:
+    """The trained model at ``path`` (``models/model.pt``: weights and their :class:`~monai_ext.bundle.ModelConfig`)
+    rebuilt from its record, weights loaded (strict), on ``device``, in eval mode — e.g. stage 1 while stage 2
+    validates end to end. A missing file is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained stage-1 model; train stage 1 first (configs/train.json).")
+    network = ModelConfig.load(path).network()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    network.load_state_dict(state["model"] if isinstance(state, Mapping) and "model" in state else state)
+    return network.to(device).eval()

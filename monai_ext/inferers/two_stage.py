@@ -11,6 +11,7 @@ points in the stage-1 input's pixels, exactly like a single-stage network, so th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,6 +51,12 @@ class TwoStageInferer(Inferer):
         crop_transform: optional callable applied to every ROI ``MetaTensor`` (``(C, *spatial_size)``) before the
             network, e.g. an intensity normalisation the stage-2 training applied after cropping.
         anti_aliasing: see :class:`~monai_ext.transforms.roi.RoiResample`.
+        stage1_model: a trained stage-1 model file (``models/model.pt``): the inferer then takes the *original*
+            images as its inputs (one ``MetaTensor`` per batch item, the file's affine), resamples each to that
+            model's recorded grid (``stage1_spacing``, ``spatial_size``), predicts the ROI centres with it instead of
+            the ``network`` it is called with, and returns the landmarks in the inputs' (original) pixels. Loaded at
+            the first call, so a config can name a model trained later: stage 2's end-to-end validation, where the
+            evaluator's network is the stage-2 model being trained.
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class TwoStageInferer(Inferer):
         refine_steps: int = 0,
         crop_transform: Callable | None = None,
         anti_aliasing: bool = True,
+        stage1_model: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if refine_steps < 0:
@@ -70,6 +78,8 @@ class TwoStageInferer(Inferer):
         self.cropper = RoiResample(spacing, spatial_size, anti_aliasing=anti_aliasing)
         self.refine_steps = int(refine_steps)
         self.crop_transform = crop_transform
+        self.stage1_model = stage1_model
+        self._stage1: tuple[nn.Module, RoiResample] | None = None
 
     def predict_rois(self, image: MetaTensor, centres: torch.Tensor) -> torch.Tensor:
         """Stage 2 on one image: ``(G, D)`` ROI centres in ``image``'s pixels -> ``(K, D)`` landmarks (float64) in
@@ -98,6 +108,8 @@ class TwoStageInferer(Inferer):
         affines: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
+        if self.stage1_model is not None:
+            return self.from_originals(inputs)
         if originals is None:
             raise ValueError("TwoStageInferer needs the original images: use PrepareTwoStageBatch as prepare_batch.")
         if affines is None:
@@ -116,4 +128,31 @@ class TwoStageInferer(Inferer):
             c = move_points(centres[b], affines[b].cpu(), original.affine)
             points = self.predict_rois(original, c)
             out.append(move_points(points, original.affine, affines[b].cpu()))
+        return torch.stack(out).to(device=inputs.device, dtype=torch.float32)
+
+    def stage1(self, device: torch.device) -> tuple[nn.Module, RoiResample]:
+        """The ``stage1_model`` (eval mode, on ``device``) and its input grid, loaded once."""
+        if self._stage1 is None:
+            from monai_ext.bundle import ModelConfig
+            from monai_ext.engines.kneel import trained_network
+
+            record = ModelConfig.load(self.stage1_model)
+            grid = RoiResample(record["stage1_spacing"], record["spatial_size"], anti_aliasing=self.cropper.anti_aliasing)
+            self._stage1 = (trained_network(self.stage1_model, device), grid)
+        return self._stage1
+
+    def from_originals(self, inputs: torch.Tensor) -> torch.Tensor:
+        """End to end from original images ``(B, C, *S)`` (a ``MetaTensor``; ``B`` items of one size) with
+        ``stage1_model``: ``(B, K, D)`` landmarks in the inputs' pixels (float32)."""
+        if not isinstance(inputs, MetaTensor):
+            raise ValueError("TwoStageInferer with stage1_model needs the original images as a MetaTensor (their affine).")
+        network, grid = self.stage1(inputs.device)
+        affines = inputs.affine if inputs.affine.ndim == 3 else inputs.affine[None].expand(inputs.shape[0], -1, -1)
+        out = []
+        for b in range(inputs.shape[0]):
+            original = MetaTensor(inputs[b].as_tensor().detach().cpu(), affine=affines[b].cpu())
+            small = grid(original)
+            with torch.no_grad():
+                centres = network(small.as_tensor()[None].to(inputs.device)).detach().to("cpu", torch.float64)[0]
+            out.append(self.predict_rois(original, move_points(centres, small.affine, original.affine)))
         return torch.stack(out).to(device=inputs.device, dtype=torch.float32)
