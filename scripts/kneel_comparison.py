@@ -329,7 +329,8 @@ def _cli_args(args: dict[str, Any]) -> dict[str, Any]:
     import inspect
 
     params = inspect.signature(compare).parameters
-    return {k: args[k] for k, p in params.items() if k in args and args[k] != p.default}
+    shown = {k: args[k] for k, p in params.items() if k in args and args[k] != p.default}
+    return {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in shown.items()}
 
 
 if __name__ == "__main__":
