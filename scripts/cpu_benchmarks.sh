@@ -9,12 +9,14 @@
 #   bash scripts/cpu_benchmarks.sh scn_cv   [OUT]     # 3-fold cross-validation of SCN cpu.json on the hand set, pooled test errors
 #   bash scripts/cpu_benchmarks.sh interactive_kp_spine_45 [OUT]   # interactive_kp cpu.json on AASCE with 45 minutes
 #                                                     # (the interactive issue's budget), MRE vs clicks on the test split
+#   bash scripts/cpu_benchmarks.sh kneel_comparison [OUT]   # KNEEL on the hand set, CPU recipe: single stage (15 min) vs
+#                                                     # stage 1 alone vs two stages (7.5 + 7.5) vs stage 2 from scratch
 #
 # OUT defaults to runs/bench (runs/cv for scn_cv). Every run uses the bundles' default seed (0). The time budget is the
 # recipe's own (max_minutes 15, TimeBudget: whole epochs while the next fits, validation included); --minutes 16 is a
 # safety stop of the harness. Each benchmark run writes OUT/<name>.json and .log; the report: scripts/benchmark.py report.
 set -u
-phase=${1:?phase: datalists | scn | bundles | adv_posenet | interactive_kp | kneel | interactive_kp_spine | interactive_kp_spine_45 | scn_cv}
+phase=${1:?phase: datalists | scn | bundles | adv_posenet | interactive_kp | kneel | interactive_kp_spine | interactive_kp_spine_45 | kneel_comparison | scn_cv}
 hand=${HAND:-data/hand_xray/datalist.json}
 spine=${SPINE:-data/spine_aasce/datalist.json}
 
@@ -54,6 +56,12 @@ interactive_kp_spine_45)
         --latency_images 22 --warmup 2 --latency_devices cpu --bundle interactive_kp --datalist "$spine" --config cpu \
         --overrides '{"max_minutes": 45}' >"$out/interactive_kp_spine_cpu45.log" 2>&1
     echo "interactive_kp_spine_45: exit $? ($(date -u +%T))"
+    ;;
+kneel_comparison)
+    out=${2:-runs}; mkdir -p "$out"
+    python scripts/kneel_comparison.py --out_dir "$out/kneel_hand_cpu" --datalist "$hand" --variants hand,cpu \
+        --minutes 7.5 --scratch True >"$out/kneel_hand_cpu.log" 2>&1
+    echo "kneel_comparison: exit $? ($(date -u +%T))"
     ;;
 scn_cv)
     out=${2:-runs/cv}; mkdir -p "$out"
