@@ -22,7 +22,7 @@ from monai_ext.engines.kneel import MixedTarget
 from monai_ext.handlers import LandmarkGroupSummaryWriter
 from monai_ext.losses import WingLoss
 from monai_ext.networks import KneelHourglass
-from monai_ext.transforms import LandmarkGroups, Mixup, mixup_loss
+from monai_ext.transforms import LandmarkGroups, Mixup, mixup_loss, two_pass_mixup_loss
 
 
 class _Constant(torch.nn.Module):
@@ -74,6 +74,36 @@ def test_mixup_trainer_mixes_images_and_the_loss_not_the_targets():
     want = lam * loss(pred, targets) + (1 - lam) * loss(pred, targets[perm])
     torch.testing.assert_close(out["loss"], want)
     torch.testing.assert_close(out["loss"], mixup_loss(loss, pred, targets, perm, lam))
+
+
+def test_two_pass_mixup_sees_the_clean_and_the_mixed_batch():
+    """KNEEL's official mixup: lam L(f(x), y) + (1 - lam) L(f(x~), y_perm), one network call on cat([x, x~])."""
+    images = [torch.full((1, 8, 8), float(i)) for i in range(4)]
+    targets = torch.rand(4, 3, 2) * 8
+    data = [{"image": images[i], "landmarks": targets[i]} for i in range(4)]
+    net = _Constant()
+    seen = {}
+    loss = WingLoss()
+    trainer = MixupTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=DataLoader(Dataset(data), batch_size=4, shuffle=False),
+        network=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.0), loss_function=loss,
+        prepare_batch=PrepareLandmarkBatch(), mixup=Mixup(alpha=0.75, seed=1, two_pass=True), decollate=False,
+    )
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.update(output=e.state.output))
+    trainer.run()
+    out = seen["output"]
+    label = out["label"]
+    assert isinstance(label, MixedTarget) and label.two_pass and 0.0 < label.lam < 1.0
+    perm, lam = label.perm, label.lam
+    assert out["image"].shape[0] == 8  # the clean batch, then the mixed one
+    torch.testing.assert_close(out["image"][:4, 0, 0, 0], torch.arange(4.0))
+    torch.testing.assert_close(out["image"][4:, 0, 0, 0], lam * torch.arange(4.0) + (1 - lam) * perm.float())
+    pred = net(out["image"]).detach()
+    want = lam * loss(pred[:4], targets) + (1 - lam) * loss(pred[4:], targets[perm])
+    torch.testing.assert_close(out["loss"], want)
+    torch.testing.assert_close(out["loss"], two_pass_mixup_loss(loss, pred, targets, perm, lam))
+    with pytest.raises(ValueError, match="2 x 4"):
+        two_pass_mixup_loss(loss, pred[:4], targets, perm, lam)
 
 
 def test_cutout_keeps_landmark_targets():

@@ -30,7 +30,7 @@ from monai.networks.utils import copy_model_state
 from monai.utils import CommonKeys
 
 from monai_ext.bundle import ModelConfig
-from monai_ext.transforms.mix import Mixup, mixup_loss
+from monai_ext.transforms.mix import Mixup, mixup_loss, two_pass_mixup_loss
 
 __all__ = [
     "MixupTrainer",
@@ -45,11 +45,13 @@ logger = logging.getLogger(__name__)
 
 
 class MixedTarget(NamedTuple):
-    """The target of a mixed batch: the unmixed targets, the permutation and the mixing weight."""
+    """The target of a mixed batch: the unmixed targets, the permutation and the mixing weight; ``two_pass``: the
+    inputs are ``cat([clean, mixed])`` (KNEEL's official mixup)."""
 
     target: Any
     perm: torch.Tensor
     lam: float
+    two_pass: bool = False
 
 
 class _MixupPrepareBatch:
@@ -63,6 +65,8 @@ class _MixupPrepareBatch:
         batch = self.prepare_batch(batchdata, device, non_blocking, **kwargs)
         inputs, targets = batch[0], batch[1]
         mixed, perm, lam = self.mixup(inputs)
+        if self.mixup.two_pass and lam != 1.0:
+            return (torch.cat([inputs, mixed]), MixedTarget(targets, perm, lam, True), *batch[2:])
         return (mixed, MixedTarget(targets, perm, lam), *batch[2:])
 
 
@@ -75,7 +79,8 @@ class _MixupLoss(nn.Module):
 
     def forward(self, pred: Any, target: Any) -> torch.Tensor:
         if isinstance(target, MixedTarget):
-            return mixup_loss(self.loss_function, pred, target.target, target.perm, target.lam)
+            combine = two_pass_mixup_loss if target.two_pass else mixup_loss
+            return combine(self.loss_function, pred, target.target, target.perm, target.lam)
         return self.loss_function(pred, target)
 
 

@@ -24,7 +24,7 @@ from monai_ext.transforms.dictionary import (
     RandLandmarkElasticd,
     RandLandmarkFlipd,
 )
-from monai_ext.transforms.mix import Mixup, mixup_loss
+from monai_ext.transforms.mix import Mixup, mixup_loss, two_pass_mixup_loss
 from monai_ext.transforms.select import SelectLast, SelectLastd
 from monai_ext.transforms.hints import (
     AppendHintMapsd,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Mixup", "mixup_loss"]
+__all__ = ["Mixup", "mixup_loss", "two_pass_mixup_loss"]
 
 
 class Mixup:
@@ -24,16 +24,21 @@ class Mixup:
         prob: probability of mixing a batch (otherwise ``lam = 1`` and the identity permutation).
         seed: for reproducible draws.
 
+    ``two_pass`` (KNEEL's official training, deep-pipeline ``core.py``): the network sees the clean batch *and* the
+    mixed one, ``lam L(f(x), y) + (1 - lam) L(f(x~), y_perm)`` (:func:`two_pass_mixup_loss`); default: one pass on the
+    mixed batch, ``lam L(f(x~), y) + (1 - lam) L(f(x~), y_perm)`` (:func:`mixup_loss`).
+
     ``__call__(images (B, C, *S))`` returns ``(mixed images, perm (B,), lam)``. ``state_dict()`` /
     ``load_state_dict()`` carry the generator's state, so a resumed training (a checkpoint entry) draws what the
     uninterrupted one would have.
     """
 
-    def __init__(self, alpha: float = 0.75, prob: float = 1.0, seed: int | None = None):
+    def __init__(self, alpha: float = 0.75, prob: float = 1.0, seed: int | None = None, two_pass: bool = False):
         if alpha <= 0:
             raise ValueError(f"alpha must be positive, got {alpha}")
         self.alpha = alpha
         self.prob = prob
+        self.two_pass = bool(two_pass)
         self.rng = np.random.default_rng(seed)
 
     def state_dict(self) -> dict:
@@ -62,3 +67,16 @@ def mixup_loss(loss_fn: Callable[..., torch.Tensor], pred: Any, target: Any, per
     if lam == 1.0:
         return loss_fn(pred, target)
     return lam * loss_fn(pred, target) + (1.0 - lam) * loss_fn(pred, permute(target))
+
+
+def two_pass_mixup_loss(loss_fn: Callable[..., torch.Tensor], pred: Any, target: Any, perm: torch.Tensor, lam: float) -> torch.Tensor:
+    """KNEEL's official mixup loss on the predictions ``pred (2B, ...)`` of ``cat([clean batch, mixed batch])``:
+    ``lam * loss(pred[:B], target) + (1 - lam) * loss(pred[B:], target[perm])``."""
+    b = perm.shape[0]
+    if pred.shape[0] != 2 * b:
+        raise ValueError(f"two_pass_mixup_loss: expected predictions of 2 x {b} inputs, got {tuple(pred.shape)}.")
+
+    def permute(t: Any) -> Any:
+        return tuple(permute(x) for x in t) if isinstance(t, (tuple, list)) else t[perm]
+
+    return lam * loss_fn(pred[:b], target) + (1.0 - lam) * loss_fn(pred[b:], permute(target))
