@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_ext.utils import as_flag
+
 __all__ = ["Mixup", "mixup_loss", "two_pass_mixup_loss"]
 
 
@@ -38,7 +40,7 @@ class Mixup:
             raise ValueError(f"alpha must be positive, got {alpha}")
         self.alpha = alpha
         self.prob = prob
-        self.two_pass = bool(two_pass)
+        self.two_pass = as_flag(two_pass, "Mixup two_pass")
         self.rng = np.random.default_rng(seed)
 
     def state_dict(self) -> dict:
