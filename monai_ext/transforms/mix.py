@@ -59,16 +59,17 @@ class Mixup:
         return lam * images + (1.0 - lam) * images[perm], perm, lam
 
 
+def _permute(target: Any, perm: torch.Tensor) -> Any:
+    """``target`` (a tensor or nested tuples of tensors) permuted along the batch."""
+    return tuple(_permute(t, perm) for t in target) if isinstance(target, (tuple, list)) else target[perm]
+
+
 def mixup_loss(loss_fn: Callable[..., torch.Tensor], pred: Any, target: Any, perm: torch.Tensor, lam: float) -> torch.Tensor:
     """``lam * loss(pred, target) + (1 - lam) * loss(pred, target[perm])``; ``target`` may be a tensor or a
     tuple of tensors (e.g. ``(heatmaps, mask)`` or ``(landmarks, mask)``), each permuted along the batch."""
-
-    def permute(t: Any) -> Any:
-        return tuple(permute(x) for x in t) if isinstance(t, (tuple, list)) else t[perm]
-
     if lam == 1.0:
         return loss_fn(pred, target)
-    return lam * loss_fn(pred, target) + (1.0 - lam) * loss_fn(pred, permute(target))
+    return lam * loss_fn(pred, target) + (1.0 - lam) * loss_fn(pred, _permute(target, perm))
 
 
 def two_pass_mixup_loss(loss_fn: Callable[..., torch.Tensor], pred: Any, target: Any, perm: torch.Tensor, lam: float) -> torch.Tensor:
@@ -77,8 +78,4 @@ def two_pass_mixup_loss(loss_fn: Callable[..., torch.Tensor], pred: Any, target:
     b = perm.shape[0]
     if pred.shape[0] != 2 * b:
         raise ValueError(f"two_pass_mixup_loss: expected predictions of 2 x {b} inputs, got {tuple(pred.shape)}.")
-
-    def permute(t: Any) -> Any:
-        return tuple(permute(x) for x in t) if isinstance(t, (tuple, list)) else t[perm]
-
-    return lam * loss_fn(pred[:b], target) + (1.0 - lam) * loss_fn(pred[b:], permute(target))
+    return lam * loss_fn(pred[:b], target) + (1.0 - lam) * loss_fn(pred[b:], _permute(target, perm))
