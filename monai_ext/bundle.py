@@ -34,6 +34,7 @@ __all__ = [
     "training_stages",
     "datalist_header",
     "concat",
+    "device_recipe",
     "merged",
     "read_config",
     "resolve_bundle_root",
@@ -96,6 +97,33 @@ def concat(lists: Sequence[Sequence[Any]]) -> list[Any]:
     """The items of ``lists`` in order: how a bundle adds to a list of the skeleton, e.g. a flip in front of the
     shared augmentation: ``{"_target_": "monai_ext.bundle.concat", "lists": [[flip], "%<skeleton>#augmentation"]}``."""
     return [item for part in lists for item in part]
+
+
+def device_recipe(recipes: Mapping[str, Mapping[str, Any]], recipe: str, device: Any, bundle: str = "") -> dict[str, Any]:
+    """The values of the training recipe ``recipe`` from ``recipes`` (name -> values).
+
+    ``recipe="auto"`` chooses by ``device``: ``"paper"`` (the authors' recipe) on a CUDA device, ``"cpu"`` otherwise.
+    When the CPU stands in for a GPU-sized recipe, a warning says so and how to override it (``--recipe paper``), so
+    that a run's log always tells which recipe it trained. Values a config sets directly (an overlay such as
+    ``cpu.json``) take precedence over the recipe's, because the ids that read a recipe value are replaced.
+
+    Raises:
+        ValueError: ``recipe`` is neither ``"auto"`` nor a name in ``recipes``.
+    """
+    import logging
+
+    name = str(recipe)
+    if name == "auto":
+        name = "paper" if torch.device(device).type == "cuda" else "cpu"
+        if name == "cpu" and "paper" in recipes:
+            logging.getLogger("monai_ext.bundle").warning(
+                f"{bundle or 'bundle'}: no CUDA device, so training uses the 'cpu' recipe ({_short(dict(recipes['cpu']), 300)}) "
+                f"instead of the authors' GPU-sized 'paper' recipe ({_short(dict(recipes['paper']), 300)}); "
+                "--recipe paper trains the authors' recipe anyway."
+            )
+    if name not in recipes:
+        raise ValueError(f"device_recipe: unknown recipe {recipe!r}; expected 'auto' or one of {sorted(recipes)}.")
+    return dict(recipes[name])
 
 
 class ModelConfigMismatch(ValueError):

@@ -65,10 +65,40 @@ def test_input_sizes_fit_the_hourglass():
     what evaluation and inference use: tests/test_model_config.py)."""
     train = json.loads((CONFIGS / "train.json").read_text())
     multiple = train["network_def"]["stem_stride"] * 2 ** train["network_def"]["depth"]
-    assert all(s % multiple == 0 for s in train["spatial_size"])
+    for name, recipe in train["recipes"].items():
+        assert all(s % multiple == 0 for s in recipe["spatial_size"]), name
+    cpu = json.loads((CONFIGS / "cpu.json").read_text())
+    assert all(s % multiple == 0 for s in cpu["spatial_size"])
     quick = json.loads((CONFIGS / "quick.json").read_text())
     multiple = train["network_def"]["stem_stride"] * 2 ** quick["network_def#depth"]
     assert all(s % multiple == 0 for s in quick["spatial_size"])
+
+
+def test_recipe_follows_the_device_and_says_so(caplog: pytest.LogCaptureFixture):
+    """``recipe: auto`` trains the authors' recipe on CUDA and the CPU recipe otherwise, with a warning naming both;
+    ``--recipe paper`` forces the authors' recipe; values an overlay sets directly win over the recipe's."""
+    from monai_ext.bundle import device_recipe
+
+    def parsed(device: str, **overrides):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "train.json"))
+        parser.update({"device": f"$torch.device('{device}')", **overrides})
+        return {k: parser.get_parsed_content(k) for k in ("recipe_values", "spatial_size", "max_epochs", "network_def#num_stacks", "max_minutes")}
+
+    recipes = json.loads((CONFIGS / "train.json").read_text())["recipes"]
+    with caplog.at_level("WARNING", logger="monai_ext.bundle"):
+        cpu = parsed("cpu")
+    assert cpu["recipe_values"] == recipes["cpu"] and "'cpu' recipe" in caplog.text and "--recipe paper" in caplog.text
+    assert cpu["max_epochs"] == sum(recipes["cpu"][f"{p}_epochs"] for p in ("supervised", "discriminator", "adversarial"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monai_ext.bundle"):
+        paper = parsed("cpu", recipe="paper")
+    assert caplog.text == ""
+    assert paper["network_def#num_stacks"] == 8 and paper["spatial_size"] == [256, 256] and paper["max_minutes"] is None
+    assert device_recipe(recipes, "auto", "cuda:0") == recipes["paper"]  # no CUDA needed to choose by a device name
+    assert parsed("cpu", spatial_size=[64, 64])["spatial_size"] == [64, 64]
+    with pytest.raises(ValueError, match="unknown recipe 'gpu'"):
+        device_recipe(recipes, "gpu", "cpu")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -167,6 +167,7 @@ def test_adversarial_iteration_updates_g_p_c_and_reports_losses():
     assert out["pred"].shape == out["label"].shape == (2, K, HM, HM)
     assert out["mask"].tolist() == [[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
     assert seen == [
+        AdversarialPoseEvents.ADVERSARIAL_STARTED,  # no warm-up phases: the first epoch is adversarial
         IterationEvents.FORWARD_COMPLETED,
         AdversarialPoseEvents.D_P_COMPLETED,
         AdversarialPoseEvents.D_C_COMPLETED,
@@ -319,3 +320,74 @@ def test_distributed_training_keeps_generator_and_discriminators_identical_acros
     assert any(not torch.equal(a, b) for a, b in zip(start, states[0])), "no step was taken"
     for a, b in zip(states[0], states[1]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_phases_supervised_then_discriminators_then_adversarial():
+    """Epoch 1 trains G alone, epoch 2 only P and C against the frozen G (BN statistics included), epoch 3 all."""
+    g, p, c = _nets()
+    trainer = _trainer(_batches(2), g, p, c, max_epochs=3, supervised_epochs=1, discriminator_epochs=1)
+    assert [trainer.phase(e) for e in (1, 2, 3, 4)] == ["supervised", "discriminator", "adversarial", "adversarial"]
+    seen = _record_events(trainer)
+    snapshots, outputs = [[_params(g), _params(p), _params(c)]], []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: snapshots.append([_params(g), _params(p), _params(c)]))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: outputs.append(dict(e.state.output)))
+
+    def changed(epoch: int) -> list[bool]:
+        return [any(not torch.equal(a, b) for a, b in zip(old, new)) for old, new in zip(snapshots[epoch - 1], snapshots[epoch])]
+
+    trainer.run()
+    assert changed(1) == [True, False, False]
+    assert changed(2) == [False, True, True]
+    assert changed(3) == [True, True, True]
+    assert outputs[0]["adv_P"] == outputs[0]["d_P"] == outputs[0]["adv_C"] == outputs[0]["d_C"] == 0
+    assert outputs[1]["adv_P"] == outputs[1]["adv_C"] == 0 and outputs[1]["d_P"] > 0 and outputs[1]["d_C"] > 0
+    assert outputs[1]["loss"] == outputs[1]["mse"] > 0
+    assert all(outputs[2][k] > 0 for k in LOSS_KEYS)
+    assert seen.count(AdversarialPoseEvents.ADVERSARIAL_STARTED) == 1
+    assert seen.count(AdversarialPoseEvents.G_COMPLETED) == 4  # 2 supervised + 2 adversarial iterations
+    assert seen.count(AdversarialPoseEvents.D_P_COMPLETED) == 4  # 2 discriminator + 2 adversarial iterations
+
+
+def test_phases_without_discriminators_are_all_supervised():
+    g, _, _ = _nets()
+    trainer = _trainer(_batches(1), g, max_epochs=2, supervised_epochs=0, discriminator_epochs=1)
+    seen = _record_events(trainer)
+    before = _params(g)
+    trainer.run()
+    assert trainer.phase(2) == "supervised" and AdversarialPoseEvents.ADVERSARIAL_STARTED not in seen
+    assert any(not torch.equal(a, b) for a, b in zip(before, _params(g)))
+    with pytest.raises(ValueError, match="supervised_epochs"):
+        _trainer(_batches(1), g, supervised_epochs=-1)
+
+
+def test_restart_model_selection_keeps_only_later_checkpoints(tmp_path):
+    """After the restart, the next validation writes model.pt even though its error is worse than an earlier one."""
+    from ignite.engine import Engine
+
+    from monai_ext.handlers import RestartModelSelection
+
+    net = torch.nn.Linear(1, 1)
+    errors = iter([1.0, 3.0, 2.0])  # validation MRE after epochs 1, 2 (restart before it), 3
+    evaluator = Engine(lambda e, b: None)
+    evaluator.state.best_metric, evaluator.state.best_metric_epoch = 0.5, 1
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _score(e):
+        e.state.metrics = {"val_mre": next(errors)}
+        net.weight.data.fill_(e.state.metrics["val_mre"])
+
+    saver = CheckpointSaver(str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="val_mre",
+                            key_metric_filename="model.pt", key_metric_negative_sign=True)
+    saver.attach(evaluator)
+    trainer = Engine(lambda e, b: None)
+    trainer.register_events(*AdversarialPoseEvents)
+    RestartModelSelection(evaluator, saver, AdversarialPoseEvents.ADVERSARIAL_STARTED).attach(trainer)
+    weight = lambda: torch.load(tmp_path / "model.pt", weights_only=True)["weight"].item()  # noqa: E731
+    evaluator.run([0])
+    assert weight() == 1.0
+    trainer.fire_event(AdversarialPoseEvents.ADVERSARIAL_STARTED)
+    assert evaluator.state.best_metric == -1 and evaluator.state.best_metric_epoch == -1
+    evaluator.run([0])
+    assert weight() == 3.0  # worse than 1.0, written because selection restarted
+    evaluator.run([0])
+    assert weight() == 2.0  # better than 3.0

@@ -1,6 +1,17 @@
 """Adversarial PoseNet training (Chen et al., "Adversarial PoseNet", ICCV 2017) as a MONAI ``Trainer``.
 
-One iteration (:meth:`AdversarialPoseTrainer._iteration`):
+Training runs in three phases, as the authors' scripts chain them (supervised warm-up of the generator, then the
+discriminators pre-trained against it, then the joint adversarial phase; epochs ``1 .. supervised_epochs``, the next
+``discriminator_epochs``, then the rest):
+
+* ``"supervised"``: the generator alone with the heatmap loss (no discriminator forward);
+* ``"discriminator"``: the generator frozen (``eval`` mode, no gradient), only the discriminators are updated;
+* ``"adversarial"``: every part is updated, one iteration as below.
+
+Without discriminators every epoch is supervised (the stacked-hourglass baseline). The first adversarial epoch fires
+``AdversarialPoseEvents.ADVERSARIAL_STARTED`` (e.g. :class:`~monai_ext.handlers.RestartModelSelection`).
+
+One adversarial iteration (:meth:`AdversarialPoseTrainer._iteration`):
 
 1. generator forward ``G(x)`` (a list of heatmaps, one per hourglass stack);
 2. when discriminators are given, update the pose discriminator ``P`` on the real pair ``(y, x)`` (target 1) and the
@@ -54,10 +65,11 @@ from monai_ext.losses.adversarial import MaskedBCEWithLogits, confidence_fake_ta
 from monai_ext.losses.heatmap import HeatmapMSELoss
 
 if TYPE_CHECKING:
-    from ignite.engine import Engine, EventEnum
+    from ignite.engine import Engine, EventEnum, Events
     from ignite.metrics import Metric
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+    Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
     Metric, _ = optional_import("ignite.metrics", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Metric")
     EventEnum, _ = optional_import(
         "ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "EventEnum", as_type="base"
@@ -67,24 +79,30 @@ __all__ = [
     "AdversarialPoseEvents",
     "AdversarialPoseTrainer",
     "LOSS_KEYS",
+    "PHASES",
     "checkpoint_objects",
     "match_heatmap_resolution",
 ]
 
 LOSS_KEYS = ("mse", "adv_P", "adv_C", "d_P", "d_C")
 MASK_KEY = "mask"
+#: the training phases in their order (see the module docstring)
+PHASES = ("supervised", "discriminator", "adversarial")
 
 
 class AdversarialPoseEvents(EventEnum):
     """Events fired by :class:`AdversarialPoseTrainer` inside an iteration (always registered).
 
     ``D_P_COMPLETED`` / ``D_C_COMPLETED``: after the pose / confidence discriminator's optimiser step (not fired when
-    that discriminator is absent). ``G_COMPLETED``: after the generator's optimiser step.
+    that discriminator is absent). ``G_COMPLETED``: after the generator's optimiser step (not fired in the
+    discriminator phase). ``ADVERSARIAL_STARTED``: at the start of the first adversarial epoch (after
+    ``EPOCH_STARTED``; never without discriminators).
     """
 
     D_P_COMPLETED = "d_p_completed"
     D_C_COMPLETED = "d_c_completed"
     G_COMPLETED = "g_completed"
+    ADVERSARIAL_STARTED = "adversarial_started"
 
 
 def match_heatmap_resolution(heatmaps: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
@@ -139,6 +157,9 @@ class AdversarialPoseTrainer(Trainer):
         beta: weight of the pose adversarial term ``adv_P`` (Chen et al.: 1/180).
         fake_threshold: ``p_fake`` distance threshold, in input (image) pixels.
         peak_tolerance: ``c_fake`` relative tolerance on the heatmap peak.
+        supervised_epochs: epochs of the supervised warm-up of the generator (phase 1; the seed: 24).
+        discriminator_epochs: epochs of discriminator pre-training against the frozen generator (phase 2; the seed:
+            70 for the pose and 80 for the confidence discriminator).
         image_key, heatmap_key, mask_key: batch keys used by the default ``prepare_batch``.
         epoch_length: iterations per epoch, default ``len(train_data_loader)``.
         non_blocking: non-blocking host-to-device copies.
@@ -169,6 +190,8 @@ class AdversarialPoseTrainer(Trainer):
         beta: float = 1.0 / 180.0,
         fake_threshold: float = 4.0,
         peak_tolerance: float = 0.5,
+        supervised_epochs: int = 0,
+        discriminator_epochs: int = 0,
         image_key: str = Keys.IMAGE,
         heatmap_key: str = "heatmap",
         mask_key: str = "landmark_mask",
@@ -203,6 +226,11 @@ class AdversarialPoseTrainer(Trainer):
             raise ValueError(
                 f"AdversarialPoseTrainer: fake_threshold and peak_tolerance must be >= 0, got {fake_threshold} and "
                 f"{peak_tolerance}."
+            )
+        if int(supervised_epochs) < 0 or int(discriminator_epochs) < 0:
+            raise ValueError(
+                "AdversarialPoseTrainer: supervised_epochs and discriminator_epochs must be >= 0, got "
+                f"{supervised_epochs} and {discriminator_epochs}."
             )
         if prepare_batch is None:
             prepare_batch = PrepareLandmarkBatch(image_key=image_key, heatmap_key=heatmap_key, mask_key=mask_key)
@@ -239,7 +267,10 @@ class AdversarialPoseTrainer(Trainer):
         self.beta = float(beta)
         self.fake_threshold = float(fake_threshold)
         self.peak_tolerance = float(peak_tolerance)
+        self.supervised_epochs = int(supervised_epochs)
+        self.discriminator_epochs = int(discriminator_epochs)
         self.optim_set_to_none = optim_set_to_none
+        self.add_event_handler(Events.EPOCH_STARTED, self._phase_started)
         scaler_on = bool(amp) and torch.device(device).type == "cuda"
         self.g_scaler = torch.amp.GradScaler("cuda", enabled=scaler_on)
         self.p_scaler = torch.amp.GradScaler("cuda", enabled=scaler_on)
@@ -256,6 +287,27 @@ class AdversarialPoseTrainer(Trainer):
         for key in ("trainer", "generator", "g_optimizer"):
             objects.pop(key)
         return objects
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether the trainer has a discriminator (else every epoch is supervised)."""
+        return self.pose_discriminator is not None or self.confidence_discriminator is not None
+
+    def phase(self, epoch: int) -> str:
+        """The phase of 1-based ``epoch`` (one of :data:`PHASES`)."""
+        if not self.adversarial or epoch <= self.supervised_epochs:
+            return "supervised"
+        if epoch <= self.supervised_epochs + self.discriminator_epochs:
+            return "discriminator"
+        return "adversarial"
+
+    def _phase_started(self, engine: AdversarialPoseTrainer) -> None:
+        epoch = engine.state.epoch
+        phase = engine.phase(epoch)
+        if epoch == 1 or phase != engine.phase(epoch - 1):
+            engine.logger.info(f"epoch {epoch}: {phase} phase")
+            if phase == "adversarial":
+                engine.fire_event(AdversarialPoseEvents.ADVERSARIAL_STARTED)
 
     def run(self) -> None:  # type: ignore[override]
         """Run training; calling it again continues from the current state (up to ``state.max_epochs``)."""
@@ -315,10 +367,13 @@ class AdversarialPoseTrainer(Trainer):
             raise ValueError("Must provide batch data for current iteration.")
         image, target_full, mask = engine._prepare(batchdata)
         device_type = image.device.type
+        phase = engine.phase(engine.state.epoch)
+        train_g = phase != "discriminator"
+        train_d = phase != "supervised"
 
-        # (1) generator forward
-        engine.generator.train()
-        with engine._autocast(device_type):
+        # (1) generator forward (frozen while the discriminators are pre-trained)
+        engine.generator.train(train_g)
+        with engine._autocast(device_type), torch.set_grad_enabled(train_g):
             out = engine.generator(image)
         preds = list(out) if isinstance(out, (list, tuple)) else [out]
         pred = preds[-1]
@@ -346,7 +401,7 @@ class AdversarialPoseTrainer(Trainer):
 
         # (2) discriminator updates on the detached prediction
         fake = pred.detach().float()
-        if engine.pose_discriminator is not None:
+        if train_d and engine.pose_discriminator is not None:
             p_fake = pose_fake_targets(fake, target, mask, engine.fake_threshold, output_stride)
             p_net = engine.pose_discriminator
             engine.state.output["d_P"] = engine._discriminator_step(
@@ -354,7 +409,7 @@ class AdversarialPoseTrainer(Trainer):
                 lambda h: p_net(h, image, return_logits=True), target, fake, p_fake, mask,
             )
             engine.fire_event(AdversarialPoseEvents.D_P_COMPLETED)
-        if engine.confidence_discriminator is not None:
+        if train_d and engine.confidence_discriminator is not None:
             c_fake = confidence_fake_targets(fake, target, mask, engine.peak_tolerance)
             c_net = engine.confidence_discriminator
             engine.state.output["d_C"] = engine._discriminator_step(
@@ -363,17 +418,26 @@ class AdversarialPoseTrainer(Trainer):
             )
             engine.fire_event(AdversarialPoseEvents.D_C_COMPLETED)
 
+        if not train_g:  # discriminator phase: the heatmap loss is logged, the generator is not updated
+            with torch.no_grad():
+                mse = engine.heatmap_loss([p.float() for p in preds], target, mask).float()
+            engine.state.output["mse"] = engine.state.output[Keys.LOSS] = mse
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+            engine.fire_event(IterationEvents.MODEL_COMPLETED)
+            return engine.state.output
+
         # (3) generator update: MSE over every stack + adversarial terms on the last stack
         discriminators = [d for d in (engine.pose_discriminator, engine.confidence_discriminator) if d is not None]
+        adversarial = phase == "adversarial"
         engine.g_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with _frozen(discriminators), engine._autocast(device_type):
             mse = engine.heatmap_loss([p.float() for p in preds], target, mask).float()
             loss = mse
-            if engine.pose_discriminator is not None:
+            if adversarial and engine.pose_discriminator is not None:
                 adv_p = engine.bce(engine.pose_discriminator(pred, image, return_logits=True), 1.0, mask)
                 loss = loss + engine.beta * adv_p
                 engine.state.output["adv_P"] = adv_p.detach()
-            if engine.confidence_discriminator is not None:
+            if adversarial and engine.confidence_discriminator is not None:
                 adv_c = engine.bce(engine.confidence_discriminator(pred, return_logits=True), 1.0, mask)
                 loss = loss + engine.alpha * adv_c
                 engine.state.output["adv_C"] = adv_c.detach()

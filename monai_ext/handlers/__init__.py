@@ -4,6 +4,7 @@ from monai_ext.handlers.early_stop import EarlyStopOnValidation
 from monai_ext.handlers.gradient_clipping import GradientNormClipping
 from monai_ext.handlers.groups import LandmarkGroupSummaryWriter
 from monai_ext.handlers.interactive import InteractiveCurveWriter, LossTermsToOutput
+from monai_ext.handlers.model_selection import RestartModelSelection
 from monai_ext.handlers.nan_guard import StopOnNonFiniteLoss
 from monai_ext.handlers.time_budget import TimeBudget
 from monai_ext.handlers.training_overlays import TrainingOverlayWriter
