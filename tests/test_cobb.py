@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monai_ext.clinical.cobb import cobb_angles, is_s_shaped, smape, vertebra_angle_matrix
+from monai_ext.clinical.cobb import cobb_angles, cobb_interval, is_s_shaped, smape, vertebra_angle_matrix
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "spine_aasce"
 
@@ -134,3 +134,20 @@ def test_reproduces_the_given_aasce_angles():
     n = len(rows)
     assert agree["top"] / n >= 0.95, agree
     assert agree["bottom"] / n >= 0.97, agree
+
+
+def test_cobb_interval_contains_the_angles_and_grows_with_the_regions():
+    """Zero regions give a zero-width interval at the angles; wider regions give wider intervals that still hold the
+    angles of the predicted corners; a 40-px-wide vertebra with 4-px regions moves the tilt by a few degrees."""
+    pts = spine(TILTS, c_curve(len(TILTS)))
+    angles = cobb_angles(pts, image_height=2000).as_array()
+    low, high = cobb_interval(pts, np.zeros(len(pts)), 2000, coverage=0.9, num_samples=20)
+    np.testing.assert_allclose(low, angles, atol=1e-9)
+    np.testing.assert_allclose(high, angles, atol=1e-9)
+    low1, high1 = cobb_interval(pts, np.full(len(pts), 1.0), 2000, coverage=0.9)
+    low4, high4 = cobb_interval(pts, np.full(len(pts), 4.0), 2000, coverage=0.9)
+    assert np.all(low4 <= low1) and np.all(high4 >= high1) and np.all(high4 - low4 > 1.5 * (high1 - low1))
+    assert np.all((low4 <= angles) & (angles <= high4))
+    assert 2.0 < (high4 - low4)[0] < 30.0
+    with pytest.raises(ValueError, match="radii"):
+        cobb_interval(pts, np.ones(3), 2000)

@@ -25,6 +25,7 @@ from monai_ext.engines.interactive import (
 )
 from monai_ext.handlers.interactive import InteractiveCurveWriter
 from monai_ext.transforms import EnsureLandmarksd, FitToShaped
+from monai_ext.uncertainty import ConformalRegions, save_calibration
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "interactive_kp"
@@ -92,6 +93,24 @@ def test_least_confident_order_needs_no_ground_truth_to_choose():
         click_protocol(predict, initial, gt, num_clicks=1, order="random")
 
 
+def test_largest_region_order_clicks_the_widest_heatmap_first():
+    gt, initial = _setup()
+    spread0 = torch.tensor([[1.0, 3.0, 2.0, 0.5, 9.0]])  # landmark 4 is the widest but has no ground truth
+
+    def predict(clicked: torch.Tensor, r: int):
+        spread = spread0.clone()
+        spread[0, 0] = 5.0 if r >= 2 else 1.0  # from round 2 the model's heatmap of landmark 0 widens
+        out = initial.clone()
+        out[clicked] = gt[clicked]
+        return out, torch.ones(1, 5), spread
+
+    res = click_protocol(predict, initial, gt, num_clicks=4, order="largest_region", initial_spread=spread0)
+    assert res["clicks_model"][0].tolist() == [1, 2, 0, 3]
+    assert res["clicks_manual"][0].tolist() == [1, 2, 0, 3]  # the 0-click spreads: 3, 2, 1, 0.5
+    with pytest.raises(ValueError, match="initial_spread"):
+        click_protocol(predict, initial, gt, num_clicks=1, order="largest_region")
+
+
 def test_manual_revision_sets_exactly_the_clicked_landmarks():
     gt, initial = _setup()
     res = click_protocol(lambda clicked, r: initial.clone(), initial, gt, num_clicks=3, enforce_clicks=False)
@@ -133,7 +152,9 @@ def test_evaluator_maps_clicks_to_the_network_and_back(spine_data: Path, tmp_pat
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=4095.0, b_min=-1.0, b_max=1.0),
     ])
     loader = DataLoader(Dataset(items, pre), batch_size=2)
-    writer = InteractiveCurveWriter(tmp_path, unit="px", cobb=True)
+    calibration = tmp_path / "conformal.json"  # fixed 6-px regions at 90 % (as scripts/calibrate_regions.py writes)
+    save_calibration([ConformalRegions("fixed", 0.9, 6.0, unit="px")], calibration)
+    writer = InteractiveCurveWriter(tmp_path, unit="px", cobb=True, calibration=calibration, region_coverage=0.9)
     evaluator = InteractiveKeypointEvaluator(
         device="cpu", val_data_loader=loader, network=HintEcho(68), num_landmarks=68, hint_sigma=2.0, num_clicks=3,
         unit="px", enforce_clicks=False, decode_window=5, val_handlers=[writer],
@@ -155,9 +176,14 @@ def test_evaluator_maps_clicks_to_the_network_and_back(spine_data: Path, tmp_pat
         rows = list(csv.DictReader(f))
     assert [int(r["clicks"]) for r in rows] == [0, 1, 2, 3] and "smape_model" in rows[0]
     assert {"mre_model_confident", "mre_manual_confident", "smape_model_confident"} <= set(rows[0])
+    assert {"mre_model_region", "mre_manual_region", "smape_model_region"} <= set(rows[0])
     assert (tmp_path / "interactive.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "interactive.json").read_text())["unit"] == "px"
-    assert (tmp_path / "cobb.csv").is_file()
+    saved = json.loads((tmp_path / "interactive.json").read_text())
+    assert saved["unit"] == "px" and saved["cobb_interval"]["coverage_target"] == 0.9
+    assert saved["cobb_interval"]["n_images"] == 2  # (this echo network's 0-click corners all coincide: the
+    with open(tmp_path / "cobb.csv", newline="") as f:  # intervals' widths are tested in tests/test_cobb.py)
+        cobb = list(csv.DictReader(f))
+    assert len(cobb) == 2 and all(row[f"pred_{b}_{a}"] != "" for row in cobb for b in ("low", "high") for a in ("main", "lower"))
 
 
 def _inference(spine_data: Path, tmp_path: Path, ckpt: Path, name: str, **overrides) -> dict:

@@ -75,6 +75,10 @@ def test_disc_label_round_trip_and_orientation():
     assert np.isnan(back[2]).all()
     with pytest.raises(ValueError, match="label values"):
         points_from_disc_label(label, 1)
+    sized = disc_label(points, (50, 40), radius=np.array([1.0, 4.0, 2.0]))  # one radius per landmark
+    assert np.count_nonzero(sized == 1) == 5 and 45 <= np.count_nonzero(sized == 2) <= 55  # radius 1 and 4 px (~pi 16)
+    with pytest.raises(ValueError, match="positive"):
+        disc_label(points, (50, 40), radius=np.array([1.0, 0.0, 1.0]))
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".png"])
@@ -320,7 +324,9 @@ def test_train_task_trains_under_torchrun_with_train_json_alone(served, tmp_path
 @pytest.mark.slow
 def test_infer_task_serves_a_model_trained_with_overrides(tmp_path):
     """A model trained with overrides (input size, network width) on a datalist whose landmark names are not the
-    synthetic default is served with NO override: network, input size and names come from its record."""
+    synthetic default is served with NO override: network, input size and names come from its record; with a
+    conformal calibration next to it, the result carries each landmark's region and review flag."""
+    from fastapi import HTTPException
     from lib.infers import LandmarkInferTask
 
     from monai_ext.networks import network_definition
@@ -341,6 +347,29 @@ def test_infer_task_serves_a_model_trained_with_overrides(tmp_path):
     _, result = task({"image": str(image), "device": "cpu", "landmark_label": False})
     assert [p["name"] for p in result["landmarks"]] == names
     assert np.isfinite([[p["x"], p["y"]] for p in result["landmarks"]]).all()
+    assert "region" not in result["landmarks"][0]  # no calibration next to the model: no regions
+
+    # calibrated (as scripts/calibrate_regions.py writes next to model.pt): each landmark carries its region in mm
+    # and pixels and a review flag; label_region draws the discs with those radii
+    from monai_ext.uncertainty import ConformalRegions, save_calibration
+
+    save_calibration([ConformalRegions("fixed", 0.9, 2.0), ConformalRegions("adaptive", 0.9, 1.5)],
+                     bundle / "models" / "conformal.json")
+    label_file, result = task({"image": str(image), "device": "cpu", "landmark_label": True, "label_region": True,
+                               "result_extension": ".png"})
+    spacing = np.asarray(result["spacing"])
+    for p in result["landmarks"]:
+        assert p["region_mm"] > 0 and p["region"] == pytest.approx(p["region_mm"] / np.sqrt(spacing.prod()), rel=1e-4)
+        assert p["review"] == (p["region_mm"] > 2.0)
+    from monai_ext.data.readers import read_radiograph
+
+    points = np.array([[p["x"], p["y"]] for p in result["landmarks"]])
+    radii = np.array([p["region"] for p in result["landmarks"]])
+    drawn, _ = read_radiograph(label_file, min_size=1)
+    np.testing.assert_array_equal(np.asarray(drawn), disc_label(points, result["image_size"], radii))
+    with pytest.raises(HTTPException) as err:
+        task({"image": str(image), "device": "cpu", "landmark_label": False, "region_coverage": 0.8})
+    assert err.value.status_code == 422 and "coverage 0.8" in err.value.detail
 
 
 def _replace_model(path: Path, checkpoint) -> None:

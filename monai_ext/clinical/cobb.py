@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CobbAngles", "cobb_angles", "smape", "vertebra_angle_matrix", "is_s_shaped"]
+__all__ = ["CobbAngles", "cobb_angles", "cobb_interval", "smape", "vertebra_angle_matrix", "is_s_shaped"]
 
 ENDPLATES = ("top", "bottom")
 
@@ -150,6 +150,42 @@ def cobb_angles(
     result.upper_end, result.lower_end = int(complete[a]), int(complete[b])
     result.s_shaped = s_shaped
     return result
+
+
+def cobb_interval(
+    landmarks: np.ndarray | Sequence,
+    radii: np.ndarray | Sequence,
+    image_height: float,
+    coverage: float = 0.9,
+    num_samples: int = 200,
+    seed: int = 0,
+    corners_per_vertebra: int = 4,
+    endplate: str = "top",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Intervals ``(low (3,), high (3,))`` of the ``[main, upper, lower]`` Cobb angles (deg) from the corners'
+    conformal regions, by sampling.
+
+    Each corner is drawn from an isotropic Gaussian around its prediction whose radial ``coverage`` quantile is its
+    region radius (``sigma = r / sqrt(-2 ln(1 - coverage))``, the Rayleigh quantile), independently of the others; the
+    angles of ``num_samples`` such spines give the central ``coverage`` interval of each angle. The corners' errors
+    are in fact correlated (neighbouring corners move together), so the interval's coverage is an empirical
+    question (measured in the docs), not a guarantee. ``radii``: ``(4V,)`` in the landmarks' pixels (``NaN``: no
+    region, the corner is kept fixed); ``NaN`` bounds where an angle is not computable.
+    """
+    pts = np.asarray(landmarks, dtype=np.float64)
+    r = np.nan_to_num(np.asarray(radii, dtype=np.float64).reshape(-1), nan=0.0, posinf=0.0)
+    if r.shape[0] != pts.shape[0]:
+        raise ValueError(f"cobb_interval: {r.shape[0]} radii for {pts.shape[0]} landmarks")
+    if not 0.0 < coverage < 1.0:
+        raise ValueError(f"cobb_interval: coverage must be in (0, 1), got {coverage}")
+    sigma = r / np.sqrt(-2.0 * np.log(1.0 - coverage))
+    rng = np.random.default_rng(seed)
+    samples = pts[None] + rng.normal(size=(int(num_samples), *pts.shape)) * sigma[None, :, None]
+    angles = np.stack([cobb_angles(s, image_height, corners_per_vertebra, endplate).as_array() for s in samples])
+    tail = 100.0 * (1.0 - coverage) / 2.0
+    with np.errstate(invalid="ignore"):
+        low, high = np.nanpercentile(angles, tail, axis=0), np.nanpercentile(angles, 100.0 - tail, axis=0)
+    return low, high
 
 
 def smape(pred: np.ndarray | Sequence, gt: np.ndarray | Sequence) -> float:

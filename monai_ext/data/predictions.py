@@ -90,6 +90,7 @@ def make_prediction_record(
     spacing_source: str = "",
     landmark_names: Sequence[str] | None = None,
     error: str | None = None,
+    per_landmark: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One image's entry of the prediction file.
 
@@ -101,6 +102,8 @@ def make_prediction_record(
         spacing_source: where the spacing came from (e.g. ``"dicom:PixelSpacing"``, ``"datalist"``).
         landmark_names: K names (default ``"landmark_<k>"``).
         error: the failure message of an image that could not be processed (then ``landmarks`` is ignored).
+        per_landmark: further per-landmark fields, name -> ``(K,)`` values (numbers or booleans), e.g. the
+            conformal region ``region_mm`` and ``review`` (:mod:`monai_ext.uncertainty`); NaN becomes null.
     """
     sp = None if spacing is None else [float(s) for s in np.asarray(spacing, dtype=np.float64).reshape(-1)]
     if sp is not None and (len(sp) != 2 or not all(math.isfinite(s) and s > 0 for s in sp)):
@@ -117,6 +120,10 @@ def make_prediction_record(
         raise ValueError(f"{image}: got {conf.shape[0]} confidences for {points.shape[0]} landmarks.")
     if landmark_names is not None and len(landmark_names) != points.shape[0]:
         raise ValueError(f"{image}: got {len(landmark_names)} landmark names for {points.shape[0]} landmarks.")
+    extra = {str(name): np.asarray(v).reshape(-1) for name, v in (per_landmark or {}).items() if v is not None}
+    for name, v in extra.items():
+        if v.shape[0] != points.shape[0]:
+            raise ValueError(f"{image}: got {v.shape[0]} values of {name!r} for {points.shape[0]} landmarks.")
     entries = []
     for k, (x, y) in enumerate(points):
         missing = not (math.isfinite(x) and math.isfinite(y))
@@ -129,6 +136,7 @@ def make_prediction_record(
                 "x_mm": None if missing or sp is None else float(x) * sp[0],
                 "y_mm": None if missing or sp is None else float(y) * sp[1],
                 "confidence": None if conf is None else _number(conf[k]),
+                **{name: bool(v[k]) if v.dtype == bool else _number(v[k]) for name, v in extra.items()},
             }
         )
     record.update(landmarks=entries, error=None)
@@ -172,15 +180,21 @@ def write_predictions_csv(records: Iterable[Mapping[str, Any]], path: str | os.P
     def cell(value: Any) -> Any:
         return "" if value is None else value
 
+    records = list(records)
+    extra: list[str] = []  # per-landmark fields beyond the standard columns (make_prediction_record's per_landmark)
+    for r in records:
+        for e in r.get("landmarks") or []:
+            extra += [k for k in e if k not in CSV_COLUMNS and k not in extra]
+    columns = [*CSV_COLUMNS[:-1], *extra, CSV_COLUMNS[-1]]
     with atomic_write(path, newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(columns)
         for r in records:
             if r.get("error"):
-                writer.writerow([r["image"], "", "", "", "", "", "", "", r["error"]])
+                writer.writerow([r["image"]] + [""] * (len(columns) - 2) + [r["error"]])
                 continue
             for e in r["landmarks"]:
-                writer.writerow([r["image"]] + [cell(e.get(c)) for c in CSV_COLUMNS[1:-1]] + [""])
+                writer.writerow([r["image"]] + [cell(e.get(c)) for c in columns[1:-1]] + [""])
     return Path(path)
 
 

@@ -39,6 +39,7 @@ from monai_ext.engines.prepare_batch import to_device
 from monai_ext.utils import as_flag
 from monai_ext.transforms.array import points_to_mm, points_to_original
 from monai_ext.transforms.hints import encode_hints
+from monai_ext.uncertainty.spread import HeatmapSpreadd, heatmap_spread
 
 __all__ = [
     "as_flag",
@@ -148,7 +149,7 @@ def select_worst_landmark(errors: torch.Tensor, clicked: torch.Tensor) -> torch.
     return torch.where(none_left, torch.full_like(worst, -1), worst)
 
 
-CLICK_ORDERS = ("worst", "least_confident")
+CLICK_ORDERS = ("worst", "least_confident", "largest_region")
 
 
 def click_protocol(
@@ -160,13 +161,15 @@ def click_protocol(
     enforce_clicks: bool = True,
     order: str = "worst",
     initial_confidence: torch.Tensor | None = None,
+    initial_spread: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Simulated-user revision of a prediction, for model and for manual revision.
 
     Args:
-        predict: ``predict(clicked, round)`` -> points ``(B, K, 2)`` (same frame as ``gt``), or ``(points,
-            confidence (B, K))``, given the bool mask ``(B, K)`` of the landmarks clicked so far (their clicks are
-            their ground truth); it is called once per round ``1..num_clicks``.
+        predict: ``predict(clicked, round)`` -> points ``(B, K, 2)`` (same frame as ``gt``), ``(points,
+            confidence (B, K))`` or ``(points, confidence, spread (B, K))``, given the bool mask ``(B, K)`` of the
+            landmarks clicked so far (their clicks are their ground truth); it is called once per round
+            ``1..num_clicks``.
         initial: the 0-click prediction ``(B, K, 2)``.
         gt: ground truth ``(B, K, 2)``, ``NaN`` where missing (never clicked).
         num_clicks: rounds ``R``.
@@ -174,8 +177,12 @@ def click_protocol(
         enforce_clicks: in model revision, clicked landmarks are set to their clicks (the user placed them).
         order: which landmark the user clicks next: ``"worst"`` (the paper's oracle: the largest current error) or
             ``"least_confident"`` (the lowest heatmap confidence of the current prediction, no ground truth needed
-            to choose; manual revision keeps the 0-click confidences). Landmarks missing in ``gt`` are never clicked.
+            to choose; manual revision keeps the 0-click confidences) or ``"largest_region"`` (the widest predicted
+            heatmap, :func:`~monai_ext.uncertainty.heatmap_spread`: the largest adaptive conformal region, whose
+            radius is a calibrated multiple of the spread; no ground truth needed). Landmarks missing in ``gt`` are
+            never clicked.
         initial_confidence: ``(B, K)`` confidences of ``initial`` (needed for ``"least_confident"``).
+        initial_spread: ``(B, K)`` heatmap spreads of ``initial`` (needed for ``"largest_region"``).
 
     Returns:
         ``model``/``manual`` points ``(B, R + 1, K, 2)``, ``errors_model``/``errors_manual`` ``(B, R + 1, K)`` and
@@ -185,33 +192,41 @@ def click_protocol(
         raise ValueError(f"click_protocol: order must be one of {CLICK_ORDERS}, got {order!r}.")
     if order == "least_confident" and initial_confidence is None:
         raise ValueError("click_protocol: the least_confident order needs initial_confidence.")
+    if order == "largest_region" and initial_spread is None:
+        raise ValueError("click_protocol: the largest_region order needs initial_spread.")
     b, k = gt.shape[:2]
     gt = gt.to(torch.float64)
 
     def errors(points: torch.Tensor) -> torch.Tensor:
         return radial_errors_tensor(points, gt, spacing)
 
-    def priority(err: torch.Tensor, conf: torch.Tensor | None) -> torch.Tensor:
+    def priority(err: torch.Tensor, conf: torch.Tensor | None, spread: torch.Tensor | None) -> torch.Tensor:
         if order == "worst":
             return err
-        # lower confidence first (> 0 so that select_worst_landmark's "none left" sentinel stays below)
-        return torch.where(torch.isnan(err), err, 2.0 - conf.to(err).clamp(max=1.0))
+        # > 0 so that select_worst_landmark's "none left" sentinel stays below
+        if order == "largest_region":  # the widest heatmap first
+            return torch.where(torch.isnan(err), err, 1.0 + torch.nan_to_num(spread.to(err), nan=0.0).clamp(min=0.0))
+        return torch.where(torch.isnan(err), err, 2.0 - conf.to(err).clamp(max=1.0))  # lower confidence first
 
     model = [initial.to(torch.float64)]
     manual = [initial.to(torch.float64)]
     err_model, err_manual = [errors(model[0])], [errors(manual[0])]
     conf_model = conf_manual = initial_confidence
+    spread_model = spread_manual = initial_spread
     clicked_model = torch.zeros((b, k), dtype=torch.bool, device=gt.device)
     clicked_manual = torch.zeros_like(clicked_model)
     clicks_model, clicks_manual = [], []
     rows = torch.arange(b, device=gt.device)
     for r in range(1, int(num_clicks) + 1):
         # model revision: every click so far goes to the network
-        worst = select_worst_landmark(priority(err_model[-1], conf_model), clicked_model)
+        worst = select_worst_landmark(priority(err_model[-1], conf_model, spread_model), clicked_model)
         ok = worst >= 0
         clicked_model[rows[ok], worst[ok]] = True
         out = predict(clicked_model.clone(), r)
-        pts, conf_model = out if isinstance(out, tuple) else (out, conf_model)
+        if isinstance(out, tuple) and len(out) == 3:
+            pts, conf_model, spread_model = out
+        else:
+            pts, conf_model = out if isinstance(out, tuple) else (out, conf_model)
         pts = pts.to(torch.float64)
         if enforce_clicks:
             pts = torch.where(clicked_model.unsqueeze(-1), gt, pts)
@@ -219,7 +234,7 @@ def click_protocol(
         err_model.append(errors(pts))
         clicks_model.append(worst)
         # manual revision: only the clicked landmark moves
-        worst = select_worst_landmark(priority(err_manual[-1], conf_manual), clicked_manual)
+        worst = select_worst_landmark(priority(err_manual[-1], conf_manual, spread_manual), clicked_manual)
         ok = worst >= 0
         clicked_manual[rows[ok], worst[ok]] = True
         pts = torch.where(clicked_manual.unsqueeze(-1), gt, manual[-1])
@@ -279,7 +294,7 @@ class InteractiveKeypointEvaluator(SupervisedEvaluator):
         enforce_clicks: bool = True,
         decode_method: str = "local_soft_argmax",
         decode_window: int = 5,
-        click_orders: Sequence[str] = ("worst", "least_confident"),
+        click_orders: Sequence[str] = ("worst", "least_confident", "largest_region"),
         image_key: str = CommonKeys.IMAGE,
         landmark_key: str = "landmarks",
         spacing_key: str = "spacing",
@@ -311,14 +326,15 @@ class InteractiveKeypointEvaluator(SupervisedEvaluator):
             logits = engine.inferer(inputs, engine.network)
         return torch.sigmoid(convert_to_tensor(logits, track_meta=False).float())
 
-    def _decode(self, heat: torch.Tensor, images: list[MetaTensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sigmoid heatmaps -> (network-pixel points, original-pixel points, confidence)."""
+    def _decode(self, heat: torch.Tensor, images: list[MetaTensor]) -> tuple[torch.Tensor, ...]:
+        """Sigmoid heatmaps -> (network-pixel points, original-pixel points, confidence, spread in heatmap pixels)."""
         coords, conf = decode_heatmaps(heat, method=self.decode_method, window=self.decode_window)
+        spread = heatmap_spread(heat, coords)
         ref = torch.as_tensor(images[0].shape[1:], dtype=torch.float64, device=coords.device)
         stride = ref / torch.as_tensor(heat.shape[2:], dtype=torch.float64, device=coords.device)
         net = (coords.to(torch.float64) + 0.5) * stride - 0.5
         orig = torch.stack([points_to_original(net[i].cpu(), img) for i, img in enumerate(images)]).to(net.device)
-        return net, orig, conf
+        return net, orig, conf, spread
 
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
@@ -337,12 +353,13 @@ class InteractiveKeypointEvaluator(SupervisedEvaluator):
 
         previous = True if self.previous_prediction else None
         heat0 = self._forward(engine, image, None, previous)
-        _, pts0, conf0 = self._decode(heat0, images)
+        net0, pts0, conf0, spread0 = self._decode(heat0, images)
+        spreads = [HeatmapSpreadd()({"pred": heat0[i], "image": img, "pred_landmarks": net0[i].cpu()}) for i, img in enumerate(images)]
 
         def run(order: str) -> dict[str, torch.Tensor]:
             state = {"previous": heat0}
 
-            def predict(clicked: torch.Tensor, _round: int) -> tuple[torch.Tensor, torch.Tensor]:
+            def predict(clicked: torch.Tensor, _round: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
                 hints = torch.where(clicked.unsqueeze(-1), gt_net, torch.full_like(gt_net, float("nan")))
                 prev = None
                 if self.previous_prediction:
@@ -350,12 +367,12 @@ class InteractiveKeypointEvaluator(SupervisedEvaluator):
                     prev = state["previous"] * keep
                 heat = self._forward(engine, image, hints.to(engine.state.device), prev)
                 state["previous"] = heat
-                _, pts, conf = self._decode(heat, images)
-                return pts.cpu(), conf.cpu()
+                _, pts, conf, spread = self._decode(heat, images)
+                return pts.cpu(), conf.cpu(), spread.cpu()
 
             return click_protocol(
                 predict, pts0.cpu(), gt, self.num_clicks, spacing if self.unit == "mm" else None, self.enforce_clicks,
-                order=order, initial_confidence=conf0.cpu(),
+                order=order, initial_confidence=conf0.cpu(), initial_spread=spread0.cpu(),
             )
 
         result = run(self.click_orders[0])
@@ -368,6 +385,8 @@ class InteractiveKeypointEvaluator(SupervisedEvaluator):
             "pred_landmarks": pts0.to(torch.float32).cpu(),
             "pred_landmarks_mm": torch.stack([points_to_mm(pts0[i].cpu(), spacing[i]) for i in range(b)]).to(torch.float32),
             "pred_confidence": conf0.to(torch.float32).cpu(),
+            "pred_spread": torch.stack([sp["pred_spread"] for sp in spreads]),  # 0-click heatmap spread, original px
+            "pred_spread_mm": torch.stack([sp["pred_spread_mm"] for sp in spreads]),
             "landmarks": gt.to(torch.float32),  # original pixels, as the standard metrics and writers expect
             "landmarks_mm": torch.stack([points_to_mm(gt[i], spacing[i]) for i in range(b)]).to(torch.float32),
             "interactive": result,

@@ -24,7 +24,7 @@ from ignite.engine import Engine, Events
 from monai.data import decollate_batch
 from monai.utils import CommonKeys
 
-from monai_ext.clinical.cobb import cobb_angles, smape
+from monai_ext.clinical.cobb import cobb_angles, cobb_interval, smape
 from monai_ext.utils import as_flag, atomic_path, atomic_write
 
 __all__ = ["LossTermsToOutput", "InteractiveCurveWriter"]
@@ -59,6 +59,10 @@ def _mean_finite(errors: np.ndarray) -> float:
     return float(e.mean()) if e.size else math.nan
 
 
+#: click orders besides the oracle one -> suffix of their columns
+OTHER_ORDERS = {"least_confident": "_confident", "largest_region": "_region"}
+
+
 class InteractiveCurveWriter:
     """Collect the click-protocol results of :class:`~monai_ext.engines.interactive.InteractiveKeypointEvaluator`
     and, when the run completes, write to ``output_dir``:
@@ -71,11 +75,15 @@ class InteractiveCurveWriter:
     * ``<name>.json``: the same table, the unit, and per image the clicked landmarks and the per-round MRE;
     * ``<name>.png``: MRE against clicks, both curves;
     * when the evaluator also ran the ``least_confident`` click order (the user clicks the landmark the model is
-      least sure of, no ground truth needed to choose): the same columns with the suffix ``_confident``;
+      least sure of, no ground truth needed to choose): the same columns with the suffix ``_confident``; for the
+      ``largest_region`` order (the widest heatmap, i.e. the largest adaptive conformal region, first): ``_region``;
     * with ``cobb`` (``cobb_endplate``: see :func:`monai_ext.clinical.cobb.cobb_angles`): ``cobb.csv``, per image
       the three angles from the ground-truth points, from the 0-click
       prediction and after ``R`` clicks (model revision), and the angles given with the data when the batch has a
-      ``cobb_key`` entry.
+      ``cobb_key`` entry; with a conformal ``calibration`` of the model (``conformal.json``, see
+      ``scripts/calibrate_regions.py``) also the interval of each 0-click angle (``pred_low_*``, ``pred_high_*``:
+      :func:`monai_ext.clinical.cobb.cobb_interval` from the corners' ``region_method`` regions at
+      ``region_coverage``) and, in the summary, how often it holds the ground-truth angle (``cobb_interval``).
 
     The summary is also stored in ``engine.state.interactive_summary``.
     """
@@ -90,6 +98,9 @@ class InteractiveCurveWriter:
         cobb_endplate: str = "top",
         cobb_key: str = "cobb",
         image_key: str = CommonKeys.IMAGE,
+        calibration: str | os.PathLike | None = None,
+        region_method: str = "auto",
+        region_coverage: float = 0.9,
     ):
         self.output_dir = Path(output_dir)
         self.unit = unit
@@ -99,6 +110,12 @@ class InteractiveCurveWriter:
         self.cobb_endplate = cobb_endplate
         self.cobb_key = cobb_key
         self.image_key = image_key
+        self.region_coverage = float(region_coverage)
+        self.regions = None
+        if self.cobb and calibration is not None and Path(calibration).is_file():
+            from monai_ext.uncertainty.regions import ConformalRegiond
+
+            self.regions = ConformalRegiond(calibration=calibration, method=region_method, coverage=region_coverage)
         self.records: list[dict] = []
         self.logger = logging.getLogger(__name__)
 
@@ -120,28 +137,38 @@ class InteractiveCurveWriter:
                 "image": str(meta.get("filename_or_obj", f"image_{len(self.records)}")),
                 **{key: _np(res[key]) for key in ("errors_model", "errors_manual", "clicks_model", "clicks_manual")},
             }
-            other = res.get("least_confident")
-            if other is not None:  # the click order without ground truth: least confident landmark first
-                for curve in ("model", "manual"):
-                    record[f"errors_{curve}_confident"] = _np(other[f"errors_{curve}"])
-                    record[f"clicks_{curve}_confident"] = _np(other[f"clicks_{curve}"])
+            for order, suffix in OTHER_ORDERS.items():  # click orders without ground truth
+                other = res.get(order)
+                if other is not None:
+                    for curve in ("model", "manual"):
+                        record[f"errors_{curve}{suffix}"] = _np(other[f"errors_{curve}"])
+                        record[f"clicks_{curve}{suffix}"] = _np(other[f"clicks_{curve}"])
             if self.cobb:
                 height = float(_np(res["image_height"]))
                 record["cobb_gt"] = self._angles(_np(res["gt"]), height)
                 for curve in self._curves(record):
-                    source = res if not curve.endswith("_confident") else other
-                    points = _np(source[curve.removesuffix("_confident")])
+                    base, _, suffix = curve.partition("_")
+                    source = res if not suffix else res[next(o for o, s in OTHER_ORDERS.items() if s == f"_{suffix}")]
+                    points = _np(source[base])
                     record[f"cobb_{curve}"] = np.stack([self._angles(p, height) for p in points])
                 given = item.get(self.cobb_key)
                 if given is None and batch is not None and i < len(batch):
                     given = batch[i].get(self.cobb_key)
                 record["cobb_given"] = None if given is None else _np(given).astype(np.float64).reshape(-1)
+                if self.regions is not None:  # the 0-click angles' interval from the corners' conformal regions
+                    region = self.regions({"pred_landmarks": item["pred_landmarks"], "image": item[self.image_key],
+                                           **{k: item[k] for k in ("pred_spread", "pred_spread_mm") if k in item}})
+                    record["cobb_interval"] = np.stack(cobb_interval(
+                        _np(item["pred_landmarks"]), _np(region["pred_region"]), height, self.region_coverage,
+                        corners_per_vertebra=self.corners_per_vertebra, endplate=self.cobb_endplate))
             self.records.append(record)
 
     @staticmethod
     def _curves(record: Mapping[str, Any]) -> list[str]:
-        """``model``, ``manual`` (oracle order) and, when run, ``model_confident``, ``manual_confident``."""
-        return [c for c in ("model", "manual", "model_confident", "manual_confident") if f"errors_{c}" in record]
+        """``model``, ``manual`` (oracle order) and, when run, ``model_confident``, ``manual_confident`` (least
+        confident first) and ``model_region``, ``manual_region`` (largest region first)."""
+        names = ["model", "manual"] + [f"{c}{suffix}" for suffix in OTHER_ORDERS.values() for c in ("model", "manual")]
+        return [c for c in names if f"errors_{c}" in record]
 
     def _angles(self, points: np.ndarray, height: float) -> np.ndarray:
         return cobb_angles(points, height, self.corners_per_vertebra, self.cobb_endplate).as_array()
@@ -174,7 +201,19 @@ class InteractiveCurveWriter:
             }
             for r in self.records
         ]
-        return {"unit": self.unit, "n_images": len(self.records), "table": rows, "images": images}
+        out = {"unit": self.unit, "n_images": len(self.records), "table": rows, "images": images}
+        if self.cobb and self.records and all("cobb_interval" in r for r in self.records):
+            gt = np.stack([r["cobb_gt"] for r in self.records])
+            low, high = np.stack([r["cobb_interval"][0] for r in self.records]), np.stack([r["cobb_interval"][1] for r in self.records])
+            ok = np.isfinite(gt) & np.isfinite(low) & np.isfinite(high)
+            inside = (low <= gt) & (gt <= high)
+            out["cobb_interval"] = {
+                "coverage_target": self.region_coverage,
+                **{f"coverage_{a}": float(inside[ok[:, j], j].mean()) if ok[:, j].any() else None for j, a in enumerate(("main", "upper", "lower"))},
+                **{f"mean_width_{a}": float((high - low)[ok[:, j], j].mean()) if ok[:, j].any() else None for j, a in enumerate(("main", "upper", "lower"))},
+                "n_images": int(ok.all(1).sum()),
+            }
+        return out
 
     def write(self, engine: Engine | None = None) -> None:
         summary = self.summary()
@@ -211,6 +250,9 @@ class InteractiveCurveWriter:
         if "mre_model_confident" in rows[0]:
             ax.plot(clicks, [r["mre_model_confident"] for r in rows], "^-", label="model, least confident first")
             ax.plot(clicks, [r["mre_manual_confident"] for r in rows], "v:", label="manual, least confident first")
+        if "mre_model_region" in rows[0]:
+            ax.plot(clicks, [r["mre_model_region"] for r in rows], "s-", label="model, largest region first")
+            ax.plot(clicks, [r["mre_manual_region"] for r in rows], "d:", label="manual, largest region first")
         ax.set_xlabel("number of user clicks")
         ax.set_ylabel(f"mean radial error ({self.unit})")
         ax.set_xticks(clicks)
@@ -224,11 +266,14 @@ class InteractiveCurveWriter:
     def _write_cobb(self) -> None:
         names = ("main", "upper", "lower")
         last = self.records[0]["cobb_model"].shape[0] - 1
-        fields = ["image"] + [f"{src}_{a}" for src in ("gt", "pred", f"clicks{last}", "given") for a in names]
+        intervals = all("cobb_interval" in r for r in self.records)
+        sources = ("gt", "pred", f"clicks{last}", "given") + (("pred_low", "pred_high") if intervals else ())
+        fields = ["image"] + [f"{src}_{a}" for src in sources for a in names]
         with atomic_write(self.output_dir / "cobb.csv", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(fields)
             for r in self.records:
                 given = r["cobb_given"] if r["cobb_given"] is not None and r["cobb_given"].size == 3 else np.full(3, np.nan)
-                values = np.concatenate([r["cobb_gt"], r["cobb_model"][0], r["cobb_model"][last], given])
+                values = np.concatenate([r["cobb_gt"], r["cobb_model"][0], r["cobb_model"][last], given,
+                                         *([r["cobb_interval"][0], r["cobb_interval"][1]] if intervals else [])])
                 writer.writerow([r["image"]] + ["" if not np.isfinite(v) else f"{v:.4f}" for v in values])

@@ -6,7 +6,7 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,16 @@ from monai_ext.handlers.sharded import (
 from monai_ext.utils import atomic_write
 from monai_ext.visualize import save_overlay
 
-__all__ = ["LandmarkPredictionWriter", "LandmarkMetricsWriter"]
+__all__ = ["LandmarkPredictionWriter", "LandmarkMetricsWriter", "PER_LANDMARK_KEYS"]
+
+#: output key -> prediction-file field of the optional per-landmark values (written when an item has them)
+PER_LANDMARK_KEYS = {
+    "pred_spread": "spread",
+    "pred_spread_mm": "spread_mm",
+    "pred_region": "region",
+    "pred_region_mm": "region_mm",
+    "pred_review": "review",
+}
 
 
 def _items(output: Any) -> list[dict]:
@@ -55,6 +64,9 @@ class LandmarkPredictionWriter:
     ``<name>.json``/``.csv``, sorted by image path, then deletes them (:mod:`monai_ext.handlers.sharded`). Rank
     ``r`` draws the overlays of its items at positions ``r, r + W, ...`` below ``num_overlays``, numbered
     ``r + j * W``: with an unshuffled ``DistributedSampler`` these are the overlays a single process draws.
+
+    ``per_landmark_keys`` (default :data:`PER_LANDMARK_KEYS`) maps further ``(K,)`` output keys to prediction-file
+    fields, written for the items that have them (the heatmap spread, the conformal region and its review flag).
     """
 
     def __init__(
@@ -67,8 +79,10 @@ class LandmarkPredictionWriter:
         pred_key: str = "pred_landmarks",
         confidence_key: str = "pred_confidence",
         gt_key: str = "landmarks",
+        per_landmark_keys: Mapping[str, str] | None = None,
     ):
         self.output_dir = Path(output_dir)
+        self.per_landmark_keys = dict(PER_LANDMARK_KEYS if per_landmark_keys is None else per_landmark_keys)
         self.landmark_names = list(landmark_names) if landmark_names is not None else None
         self.name = name
         self.num_overlays = num_overlays
@@ -108,6 +122,7 @@ class LandmarkPredictionWriter:
                 spacing=spacing,
                 spacing_source=source,
                 landmark_names=self.landmark_names,
+                per_landmark={field: _numpy(item[key]) for key, field in self.per_landmark_keys.items() if key in item},
             )
             gt = item.get(self.gt_key)
             if gt is None and batch_items is not None and i < len(batch_items):

@@ -26,6 +26,7 @@ from monailabel.utils.others.generic import name_to_device, strtobool
 from lib.landmarks import clicks_by_index, disc_label, landmark_result, write_label
 from monai_ext.bundle import config_files, read_config, training_stages
 from monai_ext.errors import LandmarkDataError
+from monai_ext.uncertainty import ConformalRegiond
 
 __all__ = [
     "BundleError",
@@ -36,6 +37,9 @@ __all__ = [
     "single_stage",
     "takes_clicks",
 ]
+
+#: postprocessing output key -> result field of a calibrated model's conformal region (per landmark)
+REGION_FIELDS = {"pred_region": "region", "pred_region_mm": "region_mm", "pred_review": "review"}
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +236,7 @@ class LandmarkInferTask(BundleInferTask):
 
     def check_options(self, request: dict[str, Any]) -> dict[str, Any]:
         """The request, after checking the options this task reads (``device``, ``landmark_label``, ``label_radius``,
-        ``result_extension``): a bad one is a :class:`LandmarkDataError` naming the image, the option and the value."""
+        ``label_region``, ``region_coverage``, ``result_extension``): a bad one is a :class:`LandmarkDataError` naming the image, the option and the value."""
         where = f"{request.get('image', '')}: "
         if request.get("device"):
             try:
@@ -256,6 +260,19 @@ class LandmarkInferTask(BundleInferTask):
             if not (math.isfinite(radius) and radius > 0):
                 raise LandmarkDataError(f"{where}label_radius must be a positive number of pixels, "
                                         f"got {request['label_radius']!r}")
+        if "label_region" in request:
+            try:
+                strtobool(str(request["label_region"]))
+            except ValueError:
+                raise LandmarkDataError(f"{where}label_region must be true or false, got {request['label_region']!r}") from None
+        if "region_coverage" in request:
+            try:
+                coverage = float(request["region_coverage"])
+            except (TypeError, ValueError):
+                coverage = math.nan
+            if not 0.0 < coverage < 1.0:
+                raise LandmarkDataError(f"{where}region_coverage must be a probability in (0, 1), "
+                                        f"got {request['region_coverage']!r}")
         extension = request.get("result_extension")
         if extension is not None and str(extension).lower() not in LABEL_EXTENSIONS:
             raise LandmarkDataError(f"{where}result_extension must be one of {list(LABEL_EXTENSIONS)}, "
@@ -302,16 +319,35 @@ class LandmarkInferTask(BundleInferTask):
         if len(points) != len(self.landmark_names):
             raise BundleError(f"{self.bundle_path}: the model predicts {len(points)} landmarks, "
                               f"its record names {len(self.landmark_names)}.")
+        regions = self._regions(data)
         result = landmark_result(points, None if confidence is None else _numpy(confidence), self.landmark_names,
-                                 spacing, str(meta.get("spacing_source", "")), size)
+                                 spacing, str(meta.get("spacing_source", "")), size,
+                                 per_landmark={f: _numpy(regions[k]) for k, f in REGION_FIELDS.items() if k in regions})
         if not strtobool(str(data.get("landmark_label", True))):
             return None, result
         ext = extension or data.get("result_extension") or ".nii.gz"
-        label = disc_label(points, size, float(data.get("label_radius", 3.0)))
+        radius: Any = float(data.get("label_radius", 3.0))
+        if strtobool(str(data.get("label_region", False))) and "pred_region" in regions:  # draw each region's disc
+            radius = np.where(np.isfinite(_numpy(regions["pred_region"])), _numpy(regions["pred_region"]), radius)
+        label = disc_label(points, size, radius)
         fd, name = tempfile.mkstemp(suffix=ext)
         os.close(fd)
         write_label(label, name, spacing=spacing)
         return name, result
+
+
+    def _regions(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The conformal region and review flag of each landmark when the model has a calibration
+        (``models/conformal.json``, ``scripts/calibrate_regions.py``): the keys of ``REGION_FIELDS``; else ``{}``."""
+        calibration = self._model_file().parent / "conformal.json"
+        if not calibration.is_file():
+            return {}
+        try:
+            regions = ConformalRegiond(calibration=calibration, coverage=float(data.get("region_coverage", 0.9)),
+                                       ref_key=self.input_key)
+        except ValueError as e:  # e.g. no calibration at the requested coverage: the request's fault
+            raise LandmarkDataError(f"{data.get('image', '')}: {e}") from None
+        return regions(data)
 
 
 class InteractiveLandmarkInferTask(LandmarkInferTask):

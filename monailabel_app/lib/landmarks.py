@@ -35,6 +35,7 @@ def landmark_result(
     spacing: Any,
     spacing_source: str,
     image_size: Sequence[int],
+    per_landmark: Any = None,
 ) -> dict[str, Any]:
     """The result JSON of one inference.
 
@@ -45,6 +46,8 @@ def landmark_result(
         spacing: ``(sx, sy)`` mm/pixel, or None when the image has none (``spacing_source`` ``"none"``).
         spacing_source: where the spacing came from (``"PixelSpacing"``, ``"nifti"``, ...).
         image_size: ``(W, H)`` of the original image in pixels.
+        per_landmark: further per-landmark fields, name -> ``(K,)`` (a calibrated model's ``region``, ``region_mm``
+            and ``review``), added to each landmark's entry.
 
     Returns:
         ``{"landmarks": [{"index", "name", "x", "y", "x_mm", "y_mm", "confidence"}], "spacing", "spacing_source",
@@ -53,7 +56,7 @@ def landmark_result(
     if spacing_source == "none":
         spacing = None
     record = make_prediction_record("", landmarks=points, confidence=confidence, spacing=spacing,
-                                    spacing_source=spacing_source, landmark_names=list(names))
+                                    spacing_source=spacing_source, landmark_names=list(names), per_landmark=per_landmark)
     return {
         "landmarks": record["landmarks"],
         "spacing": record["spacing"],
@@ -101,20 +104,22 @@ def clicks_by_index(clicks: Any, names: Sequence[str], source: str = "") -> Any:
     return out
 
 
-def disc_label(points: Any, image_size: Sequence[int], radius: float = 3.0) -> np.ndarray:
-    """A label image ``(W, H)`` with a disc of ``radius`` pixels around each landmark: value ``k + 1`` for landmark
-    ``k``, 0 elsewhere (a later landmark wins where discs overlap). Missing landmarks draw nothing.
-    uint8 up to 255 landmarks, else uint16."""
+def disc_label(points: Any, image_size: Sequence[int], radius: Any = 3.0) -> np.ndarray:
+    """A label image ``(W, H)`` with a disc of ``radius`` pixels around each landmark (one radius, or ``(K,)``: e.g.
+    each landmark's conformal region): value ``k + 1`` for landmark ``k``, 0 elsewhere (a later landmark wins where
+    discs overlap). Missing landmarks draw nothing. uint8 up to 255 landmarks, else uint16."""
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    if radius <= 0:
+    radii = np.broadcast_to(np.asarray(radius, dtype=np.float64), (len(pts),))
+    if not np.all(radii > 0):
         raise ValueError(f"disc radius must be positive, got {radius}.")
     w, h = (int(s) for s in image_size)
     label = np.zeros((w, h), dtype=np.uint8 if len(pts) < 256 else np.uint16)
     xs, ys = np.arange(w)[:, None], np.arange(h)[None, :]
-    r = int(math.ceil(radius))
     for k, (x, y) in enumerate(pts):
-        if not (math.isfinite(x) and math.isfinite(y)):
+        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(radii[k])):
             continue
+        radius = float(radii[k])
+        r = int(math.ceil(radius))
         x0, x1 = max(int(math.floor(x)) - r, 0), min(int(math.ceil(x)) + r + 1, w)
         y0, y1 = max(int(math.floor(y)) - r, 0), min(int(math.ceil(y)) + r + 1, h)
         if x0 >= x1 or y0 >= y1:
