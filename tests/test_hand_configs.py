@@ -41,7 +41,7 @@ def test_hand_config_trains_evaluates_and_infers(name: str, tmp_path: Path):
         assert (tmp_path / "models" / "stage2" / "model.pt").is_file()
     elif name == "adv_posenet":
         assert parser.get_parsed_content("optimizer").param_groups[0]["lr"] == hand["learning_rate"] == 1e-3
-        assert parser.get_parsed_content("loss").spatial_reduction == hand["mse_spatial_reduction"] == "sum"
+        assert parser.get_parsed_content("loss").spatial_reduction == "sum"  # the default now (train.json)
     else:
         pairs = parser.get_parsed_content("morphology_pairs")
         assert len(pairs) == 30 and parser.get_parsed_content("loss").morphology.pairs.shape[0] == 30

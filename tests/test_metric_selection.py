@@ -100,14 +100,18 @@ def test_checkpoint_follows_the_chosen_key_metric(tmp_path):
     assert _best_epoch("val_pck10", tmp_path / "pck", scales) == (1, 100.0)
 
 
-@pytest.mark.parametrize("configs, key", [(["train.json"], "val_pck10"), (["train.json", "hand.json"], "val_mre")])
+@pytest.mark.parametrize(
+    "configs, key", [(["train.json"], "val_mre"), (["train.json", "hand.json"], "val_mre"), (["train.json", "pck.json"], "val_pck10")]
+)
 def test_adv_posenet_key_metric_wiring(configs: list[str], key: str, tmp_path):
     from monai_ext.data.synthetic import generate_dataset
 
     datalist = generate_dataset("limbs", tmp_path / "data", n_train=1, n_val=1, n_test=0)
     from monai_ext.bundle import read_config
 
-    parser = read_config([str(ADV / "configs" / c) for c in configs], bundle_root=str(tmp_path), datalist=str(datalist))
+    (tmp_path / "pck.json").write_text('{"key_metric": "val_pck10"}')  # the paper's headline metric, by choice
+    files = [str(tmp_path / c) if c == "pck.json" else str(ADV / "configs" / c) for c in configs]
+    parser = read_config(files, bundle_root=str(tmp_path), datalist=str(datalist))
     evaluator = parser.get_parsed_content("validate#evaluator")
     assert list(parser.get_parsed_content("validate#parts#key_metric")) == [key]
     assert set(parser.get_parsed_content("validate#parts#additional_metrics")) == {"val_pck10", "val_pck20", "val_mre"} - {key}
