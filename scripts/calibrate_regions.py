@@ -6,7 +6,8 @@
 2. Radial errors against the datalist's ground truth (mm, or original pixels when the datalist has no spacing) give
    the split-conformal quantiles of the ``fixed`` and, for heatmap models, the ``adaptive`` regions at each of
    ``--coverages`` (:class:`monai_ext.uncertainty.ConformalRegions`), written to ``conformal.json`` next to the
-   checkpoint. Evaluation and inference of that model then add ``region``/``region_mm``/``review`` to every
+   checkpoint; for AASCE's 68 corners also the half-widths of the Cobb-angle intervals (split-conformal on the
+   absolute angle errors, :func:`monai_ext.uncertainty.angle_quantiles`). Evaluation and inference of that model then add ``region``/``region_mm``/``review`` to every
    prediction and the coverage to ``summary.json`` (``region_method``, ``region_coverage``, ``review_threshold``).
 3. With ``--report_section test`` the same evaluation predicts that section and the empirical coverage and mean
    radius of every calibrated region are tabulated (``regions_report.md`` / ``.json`` in ``--output_dir``).
@@ -32,7 +33,7 @@ import numpy as np
 
 from monai_ext.bundle import REPO_ROOT, config_files
 from monai_ext.data.predictions import match_images, read_ground_truth
-from monai_ext.uncertainty import METHODS, ConformalRegions, region_coverage, save_calibration
+from monai_ext.uncertainty import METHODS, ConformalRegions, angle_quantiles, region_coverage, save_calibration
 from monai_ext.utils import atomic_write
 
 
@@ -73,7 +74,7 @@ def errors_and_spreads(predictions: Path, datalist: Path, section: str, unit: st
     if missing:
         raise ValueError(f"{predictions}: no prediction for {len(missing)} images of '{section}', e.g. {missing[0]}")
     spread_field = "spread_mm" if unit == "mm" else "spread"
-    errors, spreads = [], []
+    errors, spreads, points = [], [], []
     for pred_image, gt_image in pairs:
         r = records[pred_image]
         if r.get("error"):
@@ -86,11 +87,39 @@ def errors_and_spreads(predictions: Path, datalist: Path, section: str, unit: st
                 raise ValueError(f"{gt_image}: no spacing for errors in mm")
             diff = diff * np.asarray(spacing, dtype=np.float64).reshape(1, 2)
         errors.append(np.linalg.norm(diff, axis=-1))
+        points.append((pts, gt.landmarks[gt_image]))
         spreads.append([np.nan if e.get(spread_field) is None else e[spread_field] for e in r["landmarks"]])
     spreads_arr = np.asarray(spreads, dtype=np.float64)
     has_spread = bool(np.isfinite(spreads_arr).any())
     return {"errors": np.asarray(errors), "spreads": spreads_arr if has_spread else None, "images": [g for _, g in pairs],
-            "landmark_names": list(doc.get("landmark_names") or [])}
+            "landmark_names": list(doc.get("landmark_names") or []), "points": points}
+
+
+def cobb_angle_pairs(data: dict[str, Any], endplate: str = "top") -> tuple[np.ndarray, np.ndarray]:
+    """``(predicted, ground-truth)`` Cobb angles ``(N, 3)`` of the images of :func:`errors_and_spreads` (AASCE's 68
+    corners; each image's height read from its file, as the S-curve rule needs)."""
+    from monai_ext.clinical.cobb import cobb_angles
+    from monai_ext.data.readers import read_radiograph
+
+    pred, gt = [], []
+    for image, (p, g) in zip(data["images"], data["points"]):
+        height = float(read_radiograph(image, min_size=1)[0].shape[1])
+        pred.append(cobb_angles(p, height, endplate=endplate).as_array())
+        gt.append(cobb_angles(g, height, endplate=endplate).as_array())
+    return np.asarray(pred), np.asarray(gt)
+
+
+def angle_table(halfwidths: dict[str, list[float]], pred: np.ndarray, gt: np.ndarray) -> list[dict]:
+    """Coverage and width of the angle intervals ``pred ± q`` (clipped to 0..90 deg) per coverage and angle."""
+    rows = []
+    for cov, q in halfwidths.items():
+        for a, name in enumerate(("main", "upper", "lower")):
+            ok = np.isfinite(pred[:, a]) & np.isfinite(gt[:, a])
+            low, high = np.clip(pred[ok, a] - q[a], 0, 90), np.clip(pred[ok, a] + q[a], 0, 90)
+            rows.append({"angle": name, "coverage_target": float(cov), "halfwidth_deg": q[a], "n_images": int(ok.sum()),
+                         "coverage": float(np.mean((low <= gt[ok, a]) & (gt[ok, a] <= high))) if ok.any() else math.nan,
+                         "mean_width_deg": float(np.mean(high - low)) if ok.any() else math.nan})
+    return rows
 
 
 def coverage_table(regions: Sequence[ConformalRegions], errors: np.ndarray, spreads: np.ndarray | None) -> list[dict]:
@@ -145,6 +174,11 @@ def calibrate_regions(
     info = {"checkpoint": str(checkpoint), "datalist": str(datalist_path), "section": section,
             "n_images": len(cal["images"]), "per_landmark": bool(per_landmark),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    cobb = int(record["header"]["num_landmarks"]) == 68  # AASCE's corners: the Cobb angles get intervals too
+    if cobb:
+        cal_angles = cobb_angle_pairs(cal)
+        halfwidths = angle_quantiles(*cal_angles, coverages)
+        info["cobb"] = {c: ["inf" if math.isinf(v) else v for v in q] for c, q in halfwidths.items()}
     save_calibration(regions, checkpoint.parent / "conformal.json", **info)
     report: dict[str, Any] = {**info, "unit": unit, "regions": [r.to_dict() for r in regions],
                               "calibration": coverage_table(regions, cal["errors"], cal["spreads"])}
@@ -156,6 +190,11 @@ def calibrate_regions(
         report["report_n_images"] = len(test["images"])
         text = (f"## Conformal regions: calibrated on '{section}' ({len(cal['images'])} images), "
                 f"coverage on '{report_section}' ({len(test['images'])} images)\n\n" + format_rows(report["report"], unit))
+        if cobb:
+            report["cobb_report"] = angle_table(halfwidths, *cobb_angle_pairs(test))
+            text += "\n| Cobb angle | target | coverage | half-width (deg) | images |\n|---|---|---|---|---|\n" + "".join(
+                f"| {r['angle']} | {100 * r['coverage_target']:.0f} % | {100 * r['coverage']:.1f} % | {r['halfwidth_deg']:.1f} | "
+                f"{r['n_images']} |\n" for r in report["cobb_report"])
         with atomic_write(out / "regions_report.md") as f:
             f.write(text)
         print(text)

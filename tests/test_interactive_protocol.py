@@ -155,9 +155,14 @@ def test_evaluator_maps_clicks_to_the_network_and_back(spine_data: Path, tmp_pat
     calibration = tmp_path / "conformal.json"  # fixed 6-px regions at 90 % (as scripts/calibrate_regions.py writes)
     save_calibration([ConformalRegions("fixed", 0.9, 6.0, unit="px")], calibration)
     writer = InteractiveCurveWriter(tmp_path, unit="px", cobb=True, calibration=calibration, region_coverage=0.9)
+    # with calibrated angles (scripts/calibrate_regions.py on a spine model) the interval is the angle ± its half-width
+    angles = tmp_path / "angles" / "conformal.json"
+    angles.parent.mkdir()
+    save_calibration([ConformalRegions("fixed", 0.9, 6.0, unit="px")], angles, cobb={"0.9": [5.0, "inf", 2.0]})
+    by_angle = InteractiveCurveWriter(angles.parent, unit="px", cobb=True, calibration=angles, region_coverage=0.9)
     evaluator = InteractiveKeypointEvaluator(
         device="cpu", val_data_loader=loader, network=HintEcho(68), num_landmarks=68, hint_sigma=2.0, num_clicks=3,
-        unit="px", enforce_clicks=False, decode_window=5, val_handlers=[writer],
+        unit="px", enforce_clicks=False, decode_window=5, val_handlers=[writer, by_angle],
     )
     evaluator.run()
     summary = evaluator.state.interactive_summary
@@ -184,6 +189,10 @@ def test_evaluator_maps_clicks_to_the_network_and_back(spine_data: Path, tmp_pat
     with open(tmp_path / "cobb.csv", newline="") as f:  # intervals' widths are tested in tests/test_cobb.py)
         cobb = list(csv.DictReader(f))
     assert len(cobb) == 2 and all(row[f"pred_{b}_{a}"] != "" for row in cobb for b in ("low", "high") for a in ("main", "lower"))
+    for rec in by_angle.records:
+        expected = np.clip(rec["cobb_model"][0][None] + np.array([[-5.0, -np.inf, -2.0], [5.0, np.inf, 2.0]]), 0.0, 90.0)
+        np.testing.assert_allclose(rec["cobb_interval"], expected)
+    assert json.loads((angles.parent / "interactive.json").read_text())["cobb_interval"]["source"] == "calibrated angles"
 
 
 def _inference(spine_data: Path, tmp_path: Path, ckpt: Path, name: str, **overrides) -> dict:

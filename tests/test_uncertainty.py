@@ -12,6 +12,8 @@ from monai.data import MetaTensor
 from monai_ext.heatmaps import gaussian_heatmaps
 from monai_ext.uncertainty import (
     ConformalRegions,
+    angle_quantiles,
+    load_angle_calibration,
     HeatmapSpreadd,
     conformal_quantile,
     heatmap_spread,
@@ -103,3 +105,20 @@ def test_spread_in_original_pixels_and_mm():
     torch.testing.assert_close(out["pred_spread_mm"], torch.full((2,), 4 * math.sqrt(2)), rtol=0.03, atol=0)
     image.meta["spacing"] = None
     assert torch.isnan(HeatmapSpreadd()({"pred": hm, "image": image, "pred_landmarks": coords})["pred_spread_mm"]).all()
+
+
+def test_angle_intervals_cover_and_round_trip(tmp_path):
+    """Conformal half-widths of angle errors (the Cobb angles): pred ± q covers new angles at the target rate; a
+    column with a missing angle leaves that image out of the column only; stored and read back, inf included."""
+    rng = np.random.default_rng(1)
+    gt = rng.uniform(5, 60, size=(3000, 3))
+    pred = gt + rng.normal(0, [2.0, 4.0, 8.0], size=gt.shape)
+    pred[0, 1] = np.nan
+    q = angle_quantiles(pred[:1000], gt[:1000], [0.9])["0.9"]
+    assert q[0] < q[1] < q[2]
+    inside = np.abs(pred[1000:] - gt[1000:]) <= np.asarray(q)
+    assert np.all(np.abs(inside.mean(0) - 0.9) < 0.025)
+    assert math.isinf(angle_quantiles(pred[:5], gt[:5], [0.9])["0.9"][0])  # 5 images cannot give 90 %
+    save_calibration([], tmp_path / "c.json", cobb={"0.9": [1.5, "inf", 3.0]})
+    assert load_angle_calibration(tmp_path / "c.json", 0.9) == [1.5, math.inf, 3.0]
+    assert load_angle_calibration(tmp_path / "c.json", 0.8) is None

@@ -81,9 +81,11 @@ class InteractiveCurveWriter:
       the three angles from the ground-truth points, from the 0-click
       prediction and after ``R`` clicks (model revision), and the angles given with the data when the batch has a
       ``cobb_key`` entry; with a conformal ``calibration`` of the model (``conformal.json``, see
-      ``scripts/calibrate_regions.py``) also the interval of each 0-click angle (``pred_low_*``, ``pred_high_*``:
-      :func:`monai_ext.clinical.cobb.cobb_interval` from the corners' ``region_method`` regions at
-      ``region_coverage``) and, in the summary, how often it holds the ground-truth angle (``cobb_interval``).
+      ``scripts/calibrate_regions.py``) also the interval of each 0-click angle (``pred_low_*``, ``pred_high_*``) at
+      ``region_coverage``: the angle ± its calibrated half-width when the file has calibrated angles (``"cobb"``,
+      :func:`monai_ext.uncertainty.angle_quantiles`), else :func:`monai_ext.clinical.cobb.cobb_interval` from the
+      corners' ``region_method`` regions; in the summary, how often it holds the ground-truth angle
+      (``cobb_interval``, with its ``source``).
 
     The summary is also stored in ``engine.state.interactive_summary``.
     """
@@ -112,10 +114,14 @@ class InteractiveCurveWriter:
         self.image_key = image_key
         self.region_coverage = float(region_coverage)
         self.regions = None
+        self.angle_halfwidths: list[float] | None = None
         if self.cobb and calibration is not None and Path(calibration).is_file():
+            from monai_ext.uncertainty import load_angle_calibration
             from monai_ext.uncertainty.regions import ConformalRegiond
 
-            self.regions = ConformalRegiond(calibration=calibration, method=region_method, coverage=region_coverage)
+            self.angle_halfwidths = load_angle_calibration(calibration, region_coverage)
+            if self.angle_halfwidths is None:  # no calibrated angles: propagate the corners' regions
+                self.regions = ConformalRegiond(calibration=calibration, method=region_method, coverage=region_coverage)
         self.records: list[dict] = []
         self.logger = logging.getLogger(__name__)
 
@@ -155,7 +161,11 @@ class InteractiveCurveWriter:
                 if given is None and batch is not None and i < len(batch):
                     given = batch[i].get(self.cobb_key)
                 record["cobb_given"] = None if given is None else _np(given).astype(np.float64).reshape(-1)
-                if self.regions is not None:  # the 0-click angles' interval from the corners' conformal regions
+                if self.angle_halfwidths is not None:  # split-conformal on the angles themselves: 0-click angle ± q
+                    q = np.asarray(self.angle_halfwidths, dtype=np.float64)
+                    angles = record["cobb_model"][0]
+                    record["cobb_interval"] = np.stack([np.clip(angles - q, 0.0, 90.0), np.clip(angles + q, 0.0, 90.0)])
+                elif self.regions is not None:  # the 0-click angles' interval from the corners' conformal regions
                     region = self.regions({"pred_landmarks": item["pred_landmarks"], "image": item[self.image_key],
                                            **{k: item[k] for k in ("pred_spread", "pred_spread_mm") if k in item}})
                     record["cobb_interval"] = np.stack(cobb_interval(
@@ -208,6 +218,7 @@ class InteractiveCurveWriter:
             ok = np.isfinite(gt) & np.isfinite(low) & np.isfinite(high)
             inside = (low <= gt) & (gt <= high)
             out["cobb_interval"] = {
+                "source": "calibrated angles" if self.angle_halfwidths is not None else "corner regions",
                 "coverage_target": self.region_coverage,
                 **{f"coverage_{a}": float(inside[ok[:, j], j].mean()) if ok[:, j].any() else None for j, a in enumerate(("main", "upper", "lower"))},
                 **{f"mean_width_{a}": float((high - low)[ok[:, j], j].mean()) if ok[:, j].any() else None for j, a in enumerate(("main", "upper", "lower"))},

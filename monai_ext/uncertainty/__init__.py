@@ -3,7 +3,9 @@
 from monai_ext.uncertainty.conformal import (
     METHODS,
     ConformalRegions,
+    angle_quantiles,
     conformal_quantile,
+    load_angle_calibration,
     load_calibration,
     region_coverage,
     save_calibration,

@@ -29,7 +29,16 @@ import numpy as np
 
 from monai_ext.utils import atomic_write
 
-__all__ = ["METHODS", "ConformalRegions", "conformal_quantile", "load_calibration", "region_coverage", "save_calibration"]
+__all__ = [
+    "METHODS",
+    "ConformalRegions",
+    "angle_quantiles",
+    "conformal_quantile",
+    "load_calibration",
+    "load_angle_calibration",
+    "region_coverage",
+    "save_calibration",
+]
 
 METHODS = ("fixed", "adaptive")
 
@@ -164,3 +173,22 @@ def region_coverage(errors: np.ndarray, radii: np.ndarray) -> dict[str, float | 
         "n_points": int(ok.sum()),
         "n_missing": int((~ok).sum()),
     }
+
+
+def angle_quantiles(pred: np.ndarray, gt: np.ndarray, coverages: Sequence[float]) -> dict[str, list[float]]:
+    """Split-conformal half-widths of angle intervals (e.g. the Cobb angles): for each coverage, one quantile per angle
+    column of the absolute errors ``|pred - gt|`` ``(N, A)`` (rows with a NaN left out of that column), so that
+    ``pred ± q`` holds the true angle with at least that probability. Keys: the coverage as text ("0.9")."""
+    err = np.abs(np.asarray(pred, dtype=np.float64) - np.asarray(gt, dtype=np.float64))
+    if err.ndim != 2:
+        raise ValueError(f"angle_quantiles: pred and gt must be (N, A), got {err.shape}")
+    return {f"{float(c):g}": [conformal_quantile(err[:, a], c) for a in range(err.shape[1])] for c in coverages}
+
+
+def load_angle_calibration(path: str | os.PathLike, coverage: float, key: str = "cobb") -> list[float] | None:
+    """The angle half-widths stored under ``key`` (:func:`angle_quantiles`) at ``coverage`` in a calibration file, or
+    ``None`` when the file has none for it."""
+    with open(path) as f:
+        data = json.load(f)
+    values = (data.get(key) or {}).get(f"{float(coverage):g}")
+    return None if values is None else [math.inf if v == "inf" else float(v) for v in values]
