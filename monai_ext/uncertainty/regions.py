@@ -26,11 +26,15 @@ __all__ = ["ConformalRegiond", "RegionCoverageWriter", "select_regions"]
 _logger = logging.getLogger(__name__)
 
 
+def _find(calibration: list[ConformalRegions], method: str, coverage: float) -> ConformalRegions | None:
+    return next((r for r in calibration if r.method == method and abs(r.coverage - float(coverage)) < 1e-6), None)
+
+
 def select_regions(calibration: list[ConformalRegions], method: str, coverage: float) -> ConformalRegions:
     """The calibrated region of ``method`` at ``coverage`` (within 1e-6); a clear error lists what there is."""
-    for r in calibration:
-        if r.method == method and abs(r.coverage - float(coverage)) < 1e-6:
-            return r
+    found = _find(calibration, method, coverage)
+    if found is not None:
+        return found
     have = ", ".join(f"{r.method}@{r.coverage:g}" for r in calibration) or "none"
     raise ValueError(f"no calibrated {method!r} region at coverage {coverage:g} (calibrated: {have}); run scripts/calibrate_regions.py")
 
@@ -43,7 +47,7 @@ class ConformalRegiond(MapTransform):
 
     * ``<output_key>_mm``: the radius in mm (``NaN`` without a spacing when calibrated in pixels);
     * ``<output_key>``: the radius in pixels of the original file (mm divided by the geometric mean of the spacing);
-    * ``<output_key>_review`` -> ``review_key``: ``True`` where the radius, in the calibration's unit, exceeds
+    * ``review_key``: ``True`` where the radius, in the calibration's unit, exceeds
       ``review_threshold`` (default: the calibrated *fixed* radius at the same coverage, i.e. a landmark is flagged
       when the model is less sure of it than of a typical one; without it, nothing is flagged).
 
@@ -79,12 +83,12 @@ class ConformalRegiond(MapTransform):
             _logger.info(f"no conformal calibration at {calibration}: predictions carry no regions (scripts/calibrate_regions.py makes one)")
             return
         found = load_calibration(calibration)
-        if method == "auto":
-            method = "adaptive" if any(r.method == "adaptive" and abs(r.coverage - float(coverage)) < 1e-6 for r in found) else "fixed"
-        self.regions = select_regions(found, method, coverage)
-        if self.threshold is None and method != "fixed":
-            fixed = [r for r in found if r.method == "fixed" and abs(r.coverage - float(coverage)) < 1e-6]
-            self.threshold = float(np.max(fixed[0].quantile)) if fixed else None
+        fixed = _find(found, "fixed", coverage)
+        self.regions = (_find(found, "adaptive", coverage) or fixed) if method == "auto" else select_regions(found, method, coverage)
+        if self.regions is None:
+            select_regions(found, "fixed", coverage)  # raises, listing what the file has
+        if self.threshold is None and self.regions.method != "fixed" and fixed is not None:
+            self.threshold = float(np.max(fixed.quantile))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
